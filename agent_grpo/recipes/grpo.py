@@ -13,12 +13,17 @@ rolls out `tasks_per_step / num_processes` tasks with the bare (unwrapped) model
 gradients are averaged in the update. The trajectories are gathered so that the main process alone
 writes the trajectory store, the metrics and the checkpoints. Resuming restores weights, optimizer,
 scheduler, RNG states and the data position, so a resumed run reproduces an uninterrupted one.
+
+FSDP (`train/fsdp.py`): the trained module is sharded; each process rolls out with a full-weight copy
+(`self.policy`) that is refreshed after every update and is also what checkpoints save.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -43,8 +48,14 @@ from agent_grpo.models.chat import ChatFormat
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver
 from agent_grpo.store import ImagePolicy, RunMeta, RunStore
 from agent_grpo.train.advantages import group_advantages, select_groups
-from agent_grpo.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from agent_grpo.train.checkpoint import (
+    full_optimizer_state_dict,
+    latest_checkpoint,
+    load_training_state,
+    save_checkpoint,
+)
 from agent_grpo.train.config import TrainConfig
+from agent_grpo.train.fsdp import check_fsdp, copy_full_weights, fsdp_plugin, shard_model
 from agent_grpo.train.metrics import InstabilityMonitor, MetricsLogger, read_metrics, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights, reference_model
 from agent_grpo.train.step import grpo_update
@@ -75,13 +86,19 @@ def lr_lambda(cfg: TrainConfig):
 
 def check_processes(cfg: TrainConfig, accelerator: Accelerator) -> None:
     """What `accelerate launch` must agree with; checked before any model is loaded."""
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    # On CPU accelerate runs a DeepSpeed launch as DDP without a word: read the launcher's variable too.
+    if accelerator.distributed_type == DistributedType.DEEPSPEED or (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    ):
         raise ConfigError(
-            f"GRPORecipe does not support {accelerator.distributed_type.value} yet: Hugging Face rollouts need "
-            "every process to hold the full weights and generate on its own, and checkpoints store the optimizer "
-            "unsharded. Launch with DDP (examples/accelerate/ddp_gpu.yaml) and LoRA / gradient checkpointing to "
-            "save memory; see docs/scaling.md"
+            "GRPORecipe does not support DeepSpeed: it steps its optimizer inside `backward` and partitions "
+            "the optimizer state, which the recipe's token-budget micro-batches and no-pickle checkpoints "
+            "do not fit. Launch with FSDP instead (examples/accelerate/fsdp_gpu.yaml): "
+            "fsdp_reshard_after_forward true is the ZeRO-3 equivalent, false the ZeRO-2 one; see docs/scaling.md"
         )
+    plugin = fsdp_plugin(accelerator)
+    if plugin is not None:
+        check_fsdp(plugin, accelerator.mixed_precision)
     n = accelerator.num_processes
     if cfg.rollout.tasks_per_step % n:
         raise ConfigError(
@@ -129,11 +146,6 @@ class GRPORecipe:
         self.env = make_env(cfg.env.name, allow_tools=cfg.env.allow_tools, **cfg.env.options)
         if cfg.env.reward_weights:
             self.env.rubric = self.env.rubric.with_weights(**cfg.env.reward_weights)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.ref_model = reference_model(model, cfg.model) if cfg.loss.beta > 0 else None
         self.train_tasks = self.env.load_tasks(cfg.env.train_split, n=cfg.env.num_train_tasks, seed=cfg.seed)
         if len(self.train_tasks) < cfg.rollout.tasks_per_step:
@@ -144,17 +156,33 @@ class GRPORecipe:
         self.step = 0
         self.data_position = 0  # tasks consumed so far, across epochs and processes
         ckpt = latest_checkpoint(cfg.out_dir)
-        if ckpt is not None:  # into the bare model and optimizer: every process reads the same checkpoint
+        if ckpt is not None:  # into the bare model: every process reads the same checkpoint
             load_weights(model, ckpt / "model")
-            state = load_training_state(ckpt, optimizer, self.scheduler)
+        plugin = fsdp_plugin(self.accelerator)
+        # Even for a single launched process: accelerate's own FSDP `prepare` must not shard the model.
+        self.fsdp = plugin is not None and torch.distributed.is_initialized()
+        if self.fsdp:  # rollouts and checkpoints use a full copy (`self.policy`), the update the shards
+            self.policy = copy.deepcopy(model)
+            model = shard_model(model, plugin)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        if ckpt is not None:
+            sharded = model if self.fsdp else None
+            state = load_training_state(ckpt, optimizer, self.scheduler, sharded_model=sharded)
             self.step, self.data_position = state["step"], state["data_position"]
             if self.is_main:
                 drop_metrics_after(cfg.out_dir / "metrics.jsonl", self.step)
                 self.console.print(f"resumed from {ckpt} (step {self.step})")
-        # DDP wraps the model for the update; rollouts and checkpoints use the bare one (`self.policy`).
-        # The scheduler stays on the bare optimizer: accelerate's would step once per process.
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.policy = self.accelerator.unwrap_model(self.model)
+        if self.fsdp:
+            self.model, self.optimizer = model, optimizer
+        else:
+            # DDP wraps the model for the update; rollouts and checkpoints use the bare one (`self.policy`).
+            # The scheduler stays on the bare optimizer: accelerate's would step once per process.
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+            self.policy = self.accelerator.unwrap_model(self.model)
         self.engine = HFEngine(self.policy, self.chat)
         rollout = RolloutConfig(
             group_size=cfg.rollout.group_size, max_total_tokens=cfg.rollout.max_total_tokens,
@@ -254,6 +282,8 @@ class GRPORecipe:
                     max_grad_norm=cfg.optim.max_grad_norm, ref_model=self.ref_model, accelerator=self.accelerator,
                     max_completion_length=cfg.rollout.sampling.max_new_tokens * self.env.budget.max_turns,
                 )
+                if self.fsdp:  # the next rollout samples from the new weights
+                    copy_full_weights(self.model, self.policy)
                 t2 = time.perf_counter()
                 everyone = gather_object(all_sampled)  # every process's trajectories, in process order
                 info = mean_across(gather_object([info]))
@@ -279,9 +309,11 @@ class GRPORecipe:
                                 f"calls {metrics['tool_calls_per_traj']:.1f}")
 
     def save(self) -> None:
+        # FSDP: every process takes part in gathering the optimizer state; the weights are in `self.policy`.
+        optimizer = full_optimizer_state_dict(self.model, self.optimizer) if self.fsdp else self.optimizer
         if self.is_main:
             save_checkpoint(
-                self.cfg.out_dir, self.step, self.policy, self.processor, self.optimizer, self.scheduler,
+                self.cfg.out_dir, self.step, self.policy, self.processor, optimizer, self.scheduler,
                 extra={"data_position": self.data_position}, keep=self.cfg.keep_checkpoints,
             )
         self.accelerator.wait_for_everyone()

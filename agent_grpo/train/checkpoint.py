@@ -7,6 +7,10 @@ Layout of `OUT/checkpoints/step_000050/`:
     (the torch CPU and CUDA RNG states are tensors in optimizer.safetensors)
 A checkpoint is written to a temporary folder and renamed into place, so a run killed while saving
 keeps its previous checkpoint intact; `latest_checkpoint` ignores unfinished folders.
+
+Under FSDP (`fsdp.py`) the optimizer state is sharded like the parameters: `full_optimizer_state_dict`
+gathers it whole into the same index-keyed layout before saving, and `load_training_state` scatters it
+back into shards, so a checkpoint does not depend on how the run was launched.
 """
 
 from __future__ import annotations
@@ -26,8 +30,45 @@ from agent_grpo.errors import StoreError
 STATE_FILE = "trainer_state.json"
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = optimizer.state_dict()
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each optimizer parameter, in the order `optimizer.state_dict()` numbers them."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()` of an optimizer over FSDP-sharded `model`, with whole tensors.
+
+    A collective: every process calls it; the main process gets the state, the others an empty one.
+    torch numbers parameters by name here; they are renumbered as `optimizer.state_dict()` does."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    sd = get_optimizer_state_dict(model, optimizer, options=options)
+    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
+    return {
+        "state": {index[name]: state for name, state in sd.get("state", {}).items()},
+        "param_groups": [
+            {**g, "params": [index[n] for n in g["params"]]} for g in sd.get("param_groups", [])
+        ],
+    }
+
+
+def _load_sharded_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sd: dict) -> None:
+    """Load a whole, index-keyed optimizer state into an optimizer over FSDP-sharded `model`; each
+    process keeps its shard of every tensor."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _param_names(model, optimizer)
+    by_name = {
+        "state": {names[i]: state for i, state in sd["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors = {}
     for idx, state in sd["state"].items():
         for name, value in state.items():
@@ -63,7 +104,9 @@ def _tupled(x):
 def save_checkpoint(
     out_dir: Path, step: int, model, processor, optimizer, scheduler, extra: dict[str, Any], keep: int = 2
 ) -> Path:
-    """Write checkpoint `step` atomically and keep the newest `keep` checkpoints."""
+    """Write checkpoint `step` atomically and keep the newest `keep` checkpoints.
+
+    `optimizer`: the optimizer, or its state dict (`full_optimizer_state_dict` under FSDP)."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
@@ -108,8 +151,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_training_state(ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG states; returns the JSON state (step, data position, ...)."""
+def load_training_state(ckpt: Path, optimizer, scheduler, sharded_model=None) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG states; returns the JSON state (step, data position, ...).
+
+    `sharded_model`: the FSDP-sharded model when `optimizer` holds its shards."""
     try:
         state = json.loads((ckpt / STATE_FILE).read_text())
         tensors = load_file(str(ckpt / "optimizer.safetensors"))
@@ -120,7 +165,11 @@ def load_training_state(ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
         if key.startswith("state."):
             _, idx, name = key.split(".", 2)
             opt_state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    opt_sd = {"state": opt_state, "param_groups": state["param_groups"]}
+    if sharded_model is not None:
+        _load_sharded_optimizer_state(sharded_model, optimizer, opt_sd)
+    else:
+        optimizer.load_state_dict(opt_sd)
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])

@@ -5,6 +5,8 @@ Glossary as in `rollout/batch.py`: B trajectories of a micro-batch, T padded tok
 Under `accelerate launch` (DDP) each process passes its own trajectories and its `Accelerator`:
 gradients are averaged across processes once per optimizer step (the other micro-batches run under
 `no_sync`), and dapo's token count is the global one, so the result is the loss of the whole batch.
+Under FSDP (`fsdp.py`) every forward and backward is a collective, so each process runs as many
+micro-batches as the busiest one, repeating a batch with zero weight (`pad_micro_batches`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from agent_grpo.rollout.batch import TrainBatch, assemble_batch
 from agent_grpo.rollout.logprobs import forward_logprobs
 from agent_grpo.rollout.vision import VisionCache
 from agent_grpo.train.config import LossConfig
+from agent_grpo.train.fsdp import is_sharded
 from agent_grpo.train.loss import grpo_loss, mask_truncated_rows
 from agent_grpo.trajectory import Trajectory
 
@@ -37,6 +40,21 @@ def micro_batches(trajs: list[Trajectory], token_budget: int) -> list[list[Traje
     if current:
         chunks.append(current)
     return chunks
+
+
+def pad_micro_batches(batches: list, advantages: list, accelerator) -> int:
+    """Append zero-weight repeats of the smallest micro-batch until every process has as many micro-batches
+    as the busiest one; returns how many of `batches` are real.
+
+    FSDP all-gathers each unit in every forward and reduce-scatters its gradients in every backward: a
+    process that ran fewer micro-batches would leave the others waiting in a collective."""
+    real = len(batches)
+    device = batches[0].input_ids.device
+    most = int(accelerator.gather(torch.tensor([real], device=device)).max())
+    smallest = min(range(real), key=lambda i: batches[i].input_ids.numel())
+    batches += [batches[smallest]] * (most - real)
+    advantages += [advantages[smallest]] * (most - real)
+    return real
 
 
 class _Policy:
@@ -90,11 +108,13 @@ def grpo_update(
     vision = VisionCache(chat, budget)  # a group's rows share images: process each once per step
     batches = [assemble_batch(c, chat, budget, vision).to(device) for c in chunks]
     advantages = [torch.tensor([t.advantage for t in c], dtype=torch.float32, device=device) for c in chunks]
+    sharded = accelerator is not None and accelerator.num_processes > 1 and is_sharded(bare)
+    real = pad_micro_batches(batches, advantages, accelerator) if sharded else len(batches)
     # dapo normalises by every loss token of the step, across micro-batches and processes. DDP
     # averages gradients over P processes, so each process divides by (global count / P).
     local_tokens = sum(
         (mask_truncated_rows(b.loss_mask, b.truncated) if loss_cfg.mask_truncated else b.loss_mask).sum()
-        for b in batches
+        for b in batches[:real]
     )
     total_tokens = float(local_tokens)
     if accelerator is not None and accelerator.num_processes > 1:
@@ -105,17 +125,21 @@ def grpo_update(
         with torch.no_grad():
             old = [forward_logprobs(frozen, b, temperature)[0] for b in batches]
     refs = [_ref_logprobs(frozen, bare, ref_model, b, temperature) for b in batches] if loss_cfg.beta > 0 else []
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    # The optimizer's parameters, not `model.parameters()`: after a no-grad forward FSDP leaves the root
+    # unit gathered, and the module would list those full tensors instead of the trained shards.
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
 
     model.train()
     sums: dict[str, float] = {}
     count = 0
     for _ in range(loss_cfg.num_iterations):
         for i, (batch, adv) in enumerate(zip(batches, advantages, strict=True)):
-            # Gradients are synced once, on the last micro-batch: every process then makes exactly one
-            # synced backward per optimizer step, whatever its number of micro-batches.
+            # DDP: gradients are synced once, on the last micro-batch: every process then makes exactly
+            # one synced backward per optimizer step, whatever its number of micro-batches. FSDP syncs
+            # (reduce-scatters) every backward, which keeps the gradients sharded.
             last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last or accelerator is None else accelerator.no_sync(model)
+            plain = last or accelerator is None or sharded
+            sync = contextlib.nullcontext() if plain else accelerator.no_sync(model)
             with sync:
                 lp, entropy = forward_logprobs(policy, batch, temperature)  # [B, T]
                 old_lp = old[i] if needs_old else lp.detach()
@@ -126,13 +150,17 @@ def grpo_update(
                     # The engine's logprobs: truncated importance sampling when they drift from the trainer's.
                     sampling_logprobs=batch.old_logprobs, is_level=loss_cfg.is_level, is_cap=loss_cfg.is_cap,
                     max_completion_length=max_completion_length, num_items_in_batch=max(total_tokens, 1.0),
-                    accumulation_steps=len(batches), num_rows_in_batch=len(trajs),
+                    accumulation_steps=real, num_rows_in_batch=len(trajs),
                     mask_truncated=loss_cfg.mask_truncated, truncated=batch.truncated,
                 )
+                if i >= real:  # FSDP padding: the collectives run, the gradient is zero
+                    loss = loss * 0.0
                 if accelerator is not None:
                     accelerator.backward(loss)
                 else:
                     loss.backward()
+            if i >= real:
+                continue
             mask = batch.loss_mask.bool()
             m = {k: float(v) for k, v in m.items()}
             m["loss"] = float(loss.detach())
@@ -154,6 +182,6 @@ def grpo_update(
     out = {k: v / (passes if k in ("loss", "tokens") else count) for k, v in sums.items()}
     out["grad_norm"] = float(grad_norm)
     out["lr"] = float(optimizer.param_groups[0]["lr"])
-    out["micro_batches"] = float(len(batches))
-    out["train_tokens"] = float(sum(int(b.attention_mask.sum()) for b in batches))
+    out["micro_batches"] = float(real)
+    out["train_tokens"] = float(sum(int(b.attention_mask.sum()) for b in batches[:real]))
     return out

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from transformers import Qwen2_5_VLForConditionalGeneration
 from typer.testing import CliRunner
 
@@ -97,10 +98,50 @@ def test_tasks_per_step_must_split_over_the_processes():
     check_processes(cfg, SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, num_processes=2))
 
 
-@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
-def test_sharded_launches_are_refused_with_the_reason(kind):
-    with pytest.raises(ConfigError, match="does not support .* Launch with DDP"):
-        check_processes(load_config(), SimpleNamespace(distributed_type=kind, num_processes=2))
+def test_deepspeed_is_refused_with_the_fsdp_equivalents(monkeypatch):
+    fix = "does not support DeepSpeed.*Launch with FSDP.*ZeRO-3 equivalent"
+    with pytest.raises(ConfigError, match=fix):
+        check_processes(load_config(), SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=2))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # on CPU accelerate reports it as MULTI_CPU
+    with pytest.raises(ConfigError, match=fix):
+        check_processes(load_config(), SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2))
+
+
+def fsdp_launch(mixed_precision: str = "no", **settings) -> SimpleNamespace:
+    plugin = FullyShardedDataParallelPlugin(**{"fsdp_version": 2, **settings})
+    return SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=2, mixed_precision=mixed_precision,
+                           state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+FSDP_REFUSED = {
+    "fsdp1": ({"fsdp_version": 1}, "fsdp_version: 2"),
+    "mixed precision": ({"mixed_precision": "bf16"}, "mixed_precision: 'no' (set the dtype with model.dtype"),
+    "rank-0 loading": ({"cpu_ram_efficient_loading": True}, "fsdp_cpu_ram_efficient_loading: false"),
+    "offload": ({"cpu_offload": True}, "fsdp_offload_params: false"),
+    "fsdp checkpointing": ({"activation_checkpointing": True}, "use model.gradient_checkpointing: true"),
+    "size-based wrap": ({"auto_wrap_policy": "size_based_wrap"}, "fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP"),
+}
+
+
+@pytest.mark.parametrize("case", list(FSDP_REFUSED))
+def test_fsdp_settings_the_recipe_does_not_implement_are_refused(case, monkeypatch):
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # the plugin writes it; restored after
+    settings, fix = FSDP_REFUSED[case]
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        check_processes(load_config(), fsdp_launch(**settings))
+
+
+def test_fsdp2_is_accepted_also_when_accelerate_reports_a_cpu_launch_as_multi_cpu(monkeypatch):
+    check_processes(load_config(), fsdp_launch())
+    check_processes(load_config(), fsdp_launch(reshard_after_forward=False))  # the ZeRO-2 equivalent
+    # `accelerate launch` exports the config; on CPU the Accelerator says MULTI_CPU and keeps no plugin.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    cpu = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2, mixed_precision="no")
+    with pytest.raises(ConfigError, match="fsdp_version: 2"):
+        check_processes(load_config(), cpu)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    check_processes(load_config(), cpu)
 
 
 GRPO_CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "examples" / "configs").glob("*.yaml") if not p.name.startswith("sft_"))
