@@ -32,6 +32,7 @@ class EvalResult(BaseModel):
     calls_per_traj: float
     zoom_precision: float | None = None
     zoom_cell_iou: float | None = None
+    needless_zooms: float | None = Field(default=None, description="per trajectory, where the env measures it")
     mean_reward: float
     terminations: dict[str, float]
 
@@ -65,6 +66,7 @@ def summarize(name: str, env: str, split: str, trajs: list[Trajectory], k: int) 
         calls_per_traj=sum(t.num_tool_calls for t in trajs) / len(trajs),
         zoom_precision=_mean([t.metrics["zoom_precision"] for t in trajs if t.num_tool_calls and "zoom_precision" in t.metrics]),
         zoom_cell_iou=_mean([t.metrics["zoom_cell_iou"] for t in trajs if t.num_tool_calls and "zoom_cell_iou" in t.metrics]),
+        needless_zooms=_mean([t.metrics["needless_zooms"] for t in trajs if "needless_zooms" in t.metrics]),
         mean_reward=sum(t.reward for t in trajs) / len(trajs),
         terminations={r: c / len(trajs) for r, c in sorted(ends.items())},
     )
@@ -84,14 +86,16 @@ def evaluate_policy(
 
 def results_table(results: list[EvalResult]) -> str:
     """Markdown table: one row per evaluated policy."""
-    head = "| policy | accuracy (95% CI) | pass@k | zoom calls / traj | zoom IoU (cell) | answered | tasks x k |"
-    rule = "| --- | --- | --- | --- | --- | --- | --- |"
+    head = ("| policy | accuracy (95% CI) | pass@k | zoom calls / traj | needless zooms / traj | zoom IoU (cell) | "
+            "answered | tasks x k |")
+    rule = "| --- | --- | --- | --- | --- | --- | --- | --- |"
     rows = [head, rule]
     for r in results:
         iou = f"{r.zoom_cell_iou:.2f}" if r.zoom_cell_iou is not None else "-"
+        needless = f"{r.needless_zooms:.2f}" if r.needless_zooms is not None else "-"
         rows.append(
             f"| {r.name} | {r.accuracy:.1%} ({r.ci_low:.1%}-{r.ci_high:.1%}) | {r.pass_at_k:.1%} | "
-            f"{r.calls_per_traj:.2f} | {iou} | {r.terminations.get('answered', 0.0):.0%} | {r.tasks} x {r.k} |"
+            f"{r.calls_per_traj:.2f} | {needless} | {iou} | {r.terminations.get('answered', 0.0):.0%} | {r.tasks} x {r.k} |"
         )
     return "\n".join(rows)
 

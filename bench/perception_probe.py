@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--scene-config", default="{}", help="JSON overrides of VisualSearchConfig")
     ap.add_argument("--jitter", type=int, default=6, help="simple: max offset of the square from the centre, px")
+    ap.add_argument("--box-jitter", type=float, default=8.0, help="scene: zoom box corner noise (std), canvas px")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the curve here")
     args = ap.parse_args()
@@ -69,7 +70,7 @@ def main() -> None:
     def sample(rng: np.random.Generator, i: int) -> P.Sample:
         if args.kind == "simple":
             return simple_sample(rng, side=args.view, jitter=args.jitter)
-        return P.make_sample(int(rng.integers(2**31)) + i, "read", config)
+        return P.make_sample(int(rng.integers(2**31)) + i, "read", config, jitter=args.box_jitter)
 
     test_rng = np.random.default_rng(10**6 + args.seed)
     test = [sample(test_rng, i) for i in range(96)]

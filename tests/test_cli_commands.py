@@ -59,7 +59,7 @@ def test_envs_show_renders_illegible_full_view_and_legible_zoom(tmp_path):
     files = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(files) == 6
     sizes = {p.name.rsplit("_", 2)[-2] + "_" + p.name.rsplit("_", 2)[-1]: Image.open(p).size for p in tmp_path.glob("*.png")}
-    assert sizes["full_view.png"] == (112, 112) and sizes["zoomed_cell.png"] == (224, 224)
+    assert sizes["full_view.png"] == (112, 112) and sizes["zoomed_cell.png"] == (112, 112)  # both views 112 px
 
 
 def test_envs_show_rejects_an_unknown_env(tmp_path):
@@ -68,9 +68,9 @@ def test_envs_show_rejects_an_unknown_env(tmp_path):
     assert "not installed" in (out.stderr + out.stdout) and "visual-search" in (out.stderr + out.stdout)
 
 
-def test_demo_runs_and_saves_a_replayable_run(tmp_path):
-    run = tmp_path / "demo"
-    out = cli("demo", "--n", "3", "--group-size", "2", "--out", str(run))
+def test_rollouts_runs_and_saves_a_replayable_run(tmp_path):
+    run = tmp_path / "rollouts"
+    out = cli("rollouts", "--n", "3", "--group-size", "2", "--out", str(run))
     assert out.returncode == 0, out.stderr
     assert "accuracy" in out.stdout and (run / "report.html").exists()
     lines = (run / "trajectories.jsonl").read_text().splitlines()

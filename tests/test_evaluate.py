@@ -40,3 +40,19 @@ def test_results_table_has_one_row_per_policy():
     rows = [summarize(n, "e", "test", [traj("a", c)], 1) for n, c in (("before", False), ("after", True))]
     table = results_table(rows).splitlines()
     assert len(table) == 4 and table[2].startswith("| before | 0.0%") and table[3].startswith("| after | 100.0%")
+
+
+def test_needless_zooms_are_averaged_over_all_trajectories_and_shown():
+    trajs = [traj("a", True), traj("a", True, calls=3), traj("b", False, calls=0), traj("b", False)]
+    for t, needless in zip(trajs, (0.0, 2.0, 0.0, 1.0), strict=True):
+        t.metrics["needless_zooms"] = needless
+    r = summarize("p", "e", "test", trajs, k=2)
+    assert r.needless_zooms == pytest.approx(3 / 4)  # trajectories without a zoom count, with 0
+    unmeasured = summarize("q", "e", "test", [traj("a", True)], k=1)
+    assert unmeasured.needless_zooms is None  # an env that does not log the metric
+    head, rule, row, row_unmeasured = results_table([r, unmeasured]).splitlines()
+    columns = [c.strip() for c in head.strip("|").split("|")]
+    assert columns[3:5] == ["zoom calls / traj", "needless zooms / traj"]
+    assert rule.count("---") == len(columns) == row.count("|") - 1 == row_unmeasured.count("|") - 1
+    assert [c.strip() for c in row.strip("|").split("|")][3:5] == ["1.25", "0.75"]
+    assert [c.strip() for c in row_unmeasured.strip("|").split("|")][4] == "-"

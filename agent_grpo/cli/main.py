@@ -7,6 +7,7 @@ import typer
 from agent_grpo.cli.demo import demo
 from agent_grpo.cli.envs import envs_app
 from agent_grpo.cli.eval import evaluate
+from agent_grpo.cli.rollouts import rollouts
 from agent_grpo.cli.sft import sft
 from agent_grpo.cli.tools import tools_app
 from agent_grpo.cli.train import train
@@ -21,6 +22,7 @@ app.add_typer(tools_app, name="tools")
 app.add_typer(envs_app, name="envs")
 app.command("train")(train)
 app.command("demo")(demo)
+app.command("rollouts")(rollouts)
 app.command("eval")(evaluate)
 app.command("sft")(sft)
 

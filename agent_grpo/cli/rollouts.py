@@ -1,4 +1,4 @@
-"""`agent-grpo demo`: the embedded default, end to end, on any machine, with no downloads.
+"""`agent-grpo rollouts`: look at the embedded default's trajectories without training anything.
 
 Rollouts of `visual-search` through the real pipeline (chat template, token-exact driver, tools,
 rubric, run store), with either a scripted policy (deliberately imperfect: noisy boxes, some wrong
@@ -16,8 +16,8 @@ from rich.table import Table
 from agent_grpo.cli._console import make_console
 
 
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="run directory (replace it if it exists)"),
+def rollouts(
+    out: Path = typer.Option(Path("runs/rollouts"), "--out", help="run directory (replace it if it exists)"),
     policy: str = typer.Option("scripted", help="'scripted' (noisy oracle) or 'tiny' (random tiny Qwen2.5-VL)"),
     n: int = typer.Option(8, "--n", min=1, help="tasks"),
     group_size: int = typer.Option(4, "--group-size", min=1, help="trajectories per task"),
@@ -70,9 +70,9 @@ def demo(
         t.advantage = a
 
     shutil.rmtree(out, ignore_errors=True)
-    with RunStore.create(out, meta=RunMeta.from_env(env, recipe="demo", policy=policy, seed=seed)) as store:
+    with RunStore.create(out, meta=RunMeta.from_env(env, recipe="rollouts", policy=policy, seed=seed)) as store:
         store.extend(trajs)
-        report = write_report(store, store.rows, out / "report.html", title=f"agent-grpo demo ({policy} policy)")
+        report = write_report(store, store.rows, out / "report.html", title=f"agent-grpo rollouts ({policy} policy)")
     env.shutdown()
 
     table = Table(title=f"visual-search, {policy} policy: {len(tasks)} tasks x {group_size}")

@@ -30,7 +30,8 @@ def trajectory_metrics(trajs: list[Trajectory], prefix: str = "") -> dict[str, f
     out["tool_calls_per_traj"] = sum(calls) / n
     out["tool_failure_rate"] = failed / sum(calls) if sum(calls) else 0.0
     out["tool_use_rate"] = sum(1 for c in calls if c) / n
-    for key in ("response_tokens", "turns", "zoom_precision", "time_generation_s", "time_env_s"):
+    for key in ("response_tokens", "turns", "zoom_precision", "zoom_cell_iou", "needless_zooms", "time_generation_s",
+                "time_env_s"):
         values = [t.metrics[key] for t in trajs if key in t.metrics and math.isfinite(t.metrics[key])]
         if values:
             out[key] = sum(values) / len(values)

@@ -15,12 +15,13 @@ from agent_grpo.errors import AgentGrpoError, ImageError
 from agent_grpo.images import load_image
 from agent_grpo.rewards import (
     HACKING_METRICS,
+    RewardFn,
     Rubric,
     accuracy,
     conditional_tool_bonus,
     format_reward,
     metric,
-    tool_call_cost,
+    reward,
     tool_regions,
     zoom_precision,
 )
@@ -124,17 +125,50 @@ def zoom_cell_iou(traj: Trajectory) -> float:
     return max(b.iou(cell) for b in boxes)
 
 
+def useful_zoom(box: Box, target: Box) -> bool:
+    """A zoom that can serve the answer: it shows the whole target. (How legible the target is then is
+    the accuracy reward's business: a needless-zoom price on loose zooms made guessing without looking
+    pay better than zooming loosely, and tool use collapsed.)"""
+    return coverage(box, target) >= 0.999
+
+
+def count_needless_zooms(traj: Trajectory) -> float:
+    """Tool calls beyond one useful zoom: extra zooms (failed ones included) and zooms that miss the target."""
+    target = _metadata_box(traj, "target_box")
+    if target is None:
+        return 0.0
+    boxes = zoom_boxes(traj, traj.task.metadata.get("target_image", 0))
+    useful = any(useful_zoom(b, target) for b in boxes)
+    return float(traj.num_tool_calls - (1 if useful else 0))
+
+
+needless_zooms = metric("needless_zooms")(count_needless_zooms)
+
+
+def zoom_efficiency(per_needless: float) -> RewardFn:
+    """`-per_needless x needless_zooms`: the tool-efficiency reward (one well-placed zoom is free)."""
+
+    def tool_efficiency(traj: Trajectory) -> float:
+        n = count_needless_zooms(traj)
+        return -per_needless * n if n else 0.0  # not -0.0 in the logs
+
+    tool_efficiency.__doc__ = zoom_efficiency.__doc__
+    return reward("tool_efficiency")(tool_efficiency)
+
+
 def search_rubric(accuracy_kind: str, tool_bonus: float, tool_cost: float, **accuracy_opts) -> Rubric:
     """0.2 x format + 0.8 x accuracy + tool_bonus x [correct and a tool call succeeded]
-    (+ a price of `tool_cost` per call when > 0), logging the hacking metrics and zoom precision."""
+    (+ `tool_cost` per needless zoom when > 0), logging the hacking metrics and zoom precision."""
     components = [
         accuracy(accuracy_kind, weight=0.8, **accuracy_opts),  # first: the tool bonus reads it
         format_reward.with_weight(0.2),
         conditional_tool_bonus(weight=tool_bonus),
     ]
     if tool_cost > 0:
-        components.append(tool_call_cost(per_call=tool_cost))
-    return Rubric(components, metrics=[*HACKING_METRICS, zoom_precision, zoom_target_coverage, zoom_cell_iou])
+        components.append(zoom_efficiency(per_needless=tool_cost))
+    return Rubric(
+        components, metrics=[*HACKING_METRICS, zoom_precision, zoom_target_coverage, zoom_cell_iou, needless_zooms]
+    )
 
 
 def draw_box(image: Image.Image, box: Box | list[float], color=(0, 200, 0), width: int = 3) -> Image.Image:

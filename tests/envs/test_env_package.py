@@ -28,8 +28,9 @@ def test_entry_points_name_the_environment_classes():
 def test_default_budgets():
     from agent_grpo_envs import GroundingEnv, VisualSearchEnv, VStarEnv
 
+    # visual-search: the full view and every zoom are shown at 112 x 112 px (4 x 4 visual tokens each).
     assert VisualSearchEnv(allow_tools=False).budget == VisualBudget(
-        max_turns=3, max_images=3, max_pixels_per_image=224 * 224, max_pixels_per_task_image=112 * 112
+        max_turns=3, max_images=3, max_pixels_per_image=112 * 112, max_pixels_per_task_image=112 * 112
     )
     assert VStarEnv(allow_tools=False).budget.max_pixels_per_image == 1024 * 28 * 28
     assert GroundingEnv(allow_tools=False).budget.max_pixels_per_image == 448 * 448

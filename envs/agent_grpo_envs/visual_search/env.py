@@ -23,20 +23,30 @@ from agent_grpo_envs._common import (
 )
 from agent_grpo_envs.visual_search.generator import VisualSearchConfig, generate
 
-QUESTION = "What digit is written inside the red square? Answer with the digit only."
+QUESTION = (
+    "What digit is written inside the red square in row {row}, column {col} (box {box})? Answer with the digit only."
+)
+
+
+def question_for(cell: int, grid: int, cell_box: tuple[int, int, int, int]) -> str:
+    """The question about 1-based, row-major `cell`, naming its box in canvas pixels."""
+    row, col = divmod(cell - 1, grid)
+    return QUESTION.format(row=row + 1, col=col + 1, box="[" + ", ".join(str(v) for v in cell_box) + "]")
 
 
 class VisualSearchEnv(Environment):
-    """Procedural visual search, the embedded default task (DESIGN section 9).
+    """Procedural visual search, the embedded default task (DESIGN section 9, generator.py).
 
-    An 896 x 896 canvas with light clutter holds one filled red square in one cell of a 4 x 4 grid
-    (224 px cells); inside it, a thin digit 40-48 px tall. The model sees the canvas at 224 x 224,
-    where the digit is 10-12 px tall with 1-2 px strokes, and can `zoom_in` on a cell, which it then
-    sees at 1:1. Tasks are drawn from seeds derived from (split, index, seed): deterministic, and
-    train and test never share a seed.
+    An 896 x 896 canvas with light clutter holds red squares near the centres of three cells of a
+    4 x 4 grid (224 px cells), each with a digit 60-68 px tall; the question names the cell to read
+    by row and column and gives its box. The model sees the canvas at 112 x 112, where a digit is ~8 px tall with 1 px
+    strokes, and can `zoom_in` on a cell, which it then sees at 112 x 112 (digit 30-34 px, centred).
+    Tasks are drawn from seeds derived from (split, index, seed): deterministic, and train and test
+    never share a seed.
 
-    `task.metadata`: `target_box` (the red square), `cell_box` (its grid cell), `glyph_box` (the
-    digit's ink), all `[x1, y1, x2, y2]` in canvas pixels; `target_cell` (1-16, row-major), `seed`.
+    `task.metadata`: `target_box` (the asked red square), `cell_box` (its grid cell), `glyph_box`
+    (the digit's ink), all `[x1, y1, x2, y2]` in canvas pixels; `target_cell` (1-16, row-major),
+    `other_squares` ([cell, digit] of the others), `seed`.
     """
 
     name = "visual-search"
@@ -59,10 +69,12 @@ class VisualSearchEnv(Environment):
     # ---- override points -------------------------------------------------------------------
 
     def default_budget(self) -> VisualBudget:
-        # Full view 112 px (8x smaller than the canvas: the 40-48 px digit becomes 5-6 px), zooms 224 px
-        # (a 224 px cell shown 1:1). At 4x (a 224 px full view) the digit stayed readable by eye.
+        # Full view 112 px: 8x smaller than the canvas, one 28 px token per grid cell, the 60-68 px
+        # digit becomes 8 px with 1 px strokes. Zooms are shown at 112 px too: a zoom on the cell halves it
+        # and the digit (30-34 px) sits at the view's centre, which is what the tiny model learns to read
+        # (BENCHMARKS.md, perception probes); a loose box shrinks it and moves it off-centre.
         return VisualBudget(
-            max_turns=3, max_images=3, max_pixels_per_image=224 * 224, max_pixels_per_task_image=112 * 112
+            max_turns=3, max_images=3, max_pixels_per_image=112 * 112, max_pixels_per_task_image=112 * 112
         )
 
     def default_rubric(self) -> Rubric:
@@ -81,7 +93,7 @@ class VisualSearchEnv(Environment):
         scene = generate(s, self.config)
         return Task(
             id=f"{self.name}-{split}-{seed}-{index}",
-            question=QUESTION,
+            question=question_for(scene.cell, self.config.grid, scene.cell_box),
             images=[ImagePart.from_pil(scene.image)],
             answer=str(scene.digit),
             split=split,
@@ -94,6 +106,7 @@ class VisualSearchEnv(Environment):
                 "target_cell": scene.cell,
                 "grid": self.config.grid,
                 "decoy_cells": list(scene.decoys),
+                "other_squares": [list(x) for x in scene.other_squares],
             },
         )
 

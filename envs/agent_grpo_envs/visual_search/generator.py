@@ -1,9 +1,15 @@
 """Drawing one visual-search canvas from a seed.
 
-The design follows what a tiny model can learn (DESIGN section 9, third probe): the region to zoom
-into is the one salient thing at full view (a filled red square in one cell of a 4x4 grid), and the
-detail to read inside it (a thin digit) is illegible at the full view's 4x downscale and easy to
-read once the cell is zoomed in at 1:1.
+The design follows what the tiny model can learn (DESIGN section 9, BENCHMARKS.md "Perception probes"):
+- Several red squares, one near the centre of each of a few cells of a 4 x 4 grid, each holding a
+  digit; the question names the cell to read (row, column and its box). Naming it is deliberate: the
+  Qwen2.5-VL vision tower has no absolute position embedding, and the tiny model did not learn to
+  tell *where* a red square is within CPU budgets (a locate probe stayed at chance for 300+ steps,
+  with or without the `position_tint` cue), nor, in 250 SFT steps, to turn "row 2, column 3" into a
+  box; copying a box is what it can do. So the policy has to learn when to zoom, how tightly and how
+  often, and the other squares make a zoom into the wrong cell give a wrong answer.
+- At the full view (8x smaller) the 60-68 px digit is ~8 px with 1 px strokes, which the model does
+  not read; a zoom on the cell, shown at 112 px, centres a 30-34 px digit, which it learns to read.
 """
 
 from __future__ import annotations
@@ -31,8 +37,18 @@ class VisualSearchConfig(BaseModel):
 
     canvas_size: int = Field(default=896, ge=112, description="side of the square canvas, original pixels")
     grid: int = Field(default=4, ge=1, le=8, description="the canvas is a grid x grid array of cells")
-    patch_side: tuple[int, int] = Field(default=(72, 96), description="side range of the red square, pixels")
-    glyph_height: tuple[int, int] = Field(default=(40, 48), description="digit height range, pixels")
+    patch_side: tuple[int, int] = Field(default=(104, 120), description="side range of the red square, pixels")
+    glyph_height: tuple[int, int] = Field(default=(60, 68), description="digit height range, pixels")
+    red_squares: int = Field(
+        default=3, ge=1, le=16, description="red squares with digits, in distinct cells; the question names one"
+    )
+    position_tint: int = Field(
+        default=0, ge=0, le=60,
+        description="background red rises left to right and blue top to bottom by 2x this many levels (0: flat)",
+    )
+    target_offset: int = Field(
+        default=6, ge=0, description="the red square's centre lies at most this far from its cell's centre, pixels"
+    )
     target_color: RGB = (215, 30, 35)
     glyph_color: RGB = (255, 255, 255)
     glyph_rotation: float = Field(default=10.0, ge=0, le=45, description="digits turn by up to this many degrees")
@@ -43,7 +59,10 @@ class VisualSearchConfig(BaseModel):
     train_size: int = Field(default=1000, ge=0, description="tasks in the train split when n is not given")
     test_size: int = Field(default=200, ge=0, description="tasks in the test split when n is not given")
     tool_bonus: float = Field(default=0.5, ge=0, description="weight of the tool-used-and-correct bonus")
-    tool_cost: float = Field(default=0.0, ge=0, description="reward subtracted per tool call (0: off)")
+    tool_cost: float = Field(
+        default=0.2, ge=0,
+        description="tool-efficiency reward: subtracted per needless zoom (extra, or missing the target cell); 0: off",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +113,7 @@ class Scene:
     target_box: tuple[int, int, int, int]  # the red square
     glyph_box: tuple[int, int, int, int]  # ink bounds of the digit
     decoys: tuple[int, ...]  # cells holding decoy digits
+    other_squares: tuple[tuple[int, int], ...] = ()  # (cell, digit) of the red squares not asked about
 
 
 @cache
@@ -150,21 +170,28 @@ def generate(seed: int, config: VisualSearchConfig | None = None, digit: int | N
     rng = np.random.default_rng(seed)
     size, cell_px, grid = cfg.canvas_size, cfg.cell_size, cfg.grid
 
-    base = rng.integers(226, 246)
+    base = int(rng.integers(222, 234))
     tint = rng.integers(-6, 7, size=3)
-    image = Image.new("RGB", (size, size), tuple(int(base + t) for t in tint))
+    image = _background(size, base + tint, cfg.position_tint)
     draw = ImageDraw.Draw(image)
 
     cell = int(rng.integers(grid * grid))
-    row, col = divmod(cell, grid)
-    cell_box = (col * cell_px, row * cell_px, (col + 1) * cell_px, (row + 1) * cell_px)
+    drawn = int(rng.integers(10))
+    digit = drawn if digit is None else digit
+    if not 0 <= digit <= 9:
+        raise ValueError(f"digit must be 0-9, got {digit}")
+    others = [c for c in range(grid * grid) if c != cell]
+    k = min(cfg.red_squares - 1, len(others))
+    square_cells = [int(c) for c in rng.choice(others, size=k, replace=False)]
+    # Other squares never show the asked digit, so a zoom into the wrong cell gives a wrong answer.
+    # They are drawn from `drawn`, not `digit`: overriding the digit changes nothing else.
+    square_digits = [(drawn + int(d)) % 10 for d in rng.choice(np.arange(1, 10), size=k, replace=False)]
 
     decoy_cells: tuple[int, ...] = ()
     if cfg.clutter:
         _clutter(draw, rng, size)
-        others = [c for c in range(grid * grid) if c != cell]
-        k = min(cfg.decoys, len(others))
-        decoy_cells = tuple(sorted(int(c) for c in rng.choice(others, size=k, replace=False)))
+        free = [c for c in others if c not in square_cells]
+        decoy_cells = tuple(sorted(int(c) for c in rng.choice(free, size=min(cfg.decoys, len(free)), replace=False)))
         for c in decoy_cells:
             r, q = divmod(c, grid)
             h = int(rng.integers(cfg.glyph_height[0], cfg.glyph_height[1] + 1))
@@ -174,26 +201,57 @@ def generate(seed: int, config: VisualSearchConfig | None = None, digit: int | N
             angle = rng.uniform(-cfg.glyph_rotation, cfg.glyph_rotation)
             draw_digit(image, int(rng.integers(10)), h, (cx, cy), (grey, grey, grey + 10), angle)
 
-    side = int(rng.integers(cfg.patch_side[0], cfg.patch_side[1] + 1))
-    px = cell_box[0] + int(rng.integers(_MARGIN, cell_px - side - _MARGIN + 1))
-    py = cell_box[1] + int(rng.integers(_MARGIN, cell_px - side - _MARGIN + 1))
-    target_box = (px, py, px + side, py + side)
-    draw.rectangle([px, py, px + side - 1, py + side - 1], fill=_jitter(cfg.target_color, cfg.color_jitter, rng))
+    for c, d in zip(square_cells, square_digits, strict=True):
+        _red_square(image, draw, rng, cfg, _cell_box(c, cfg), d)
+    cell_box = _cell_box(cell, cfg)
+    target_box, glyph_box = _red_square(image, draw, rng, cfg, cell_box, digit)
+    return Scene(
+        image=image, digit=digit, cell=cell + 1, cell_box=cell_box, target_box=target_box, glyph_box=glyph_box,
+        decoys=tuple(c + 1 for c in decoy_cells),
+        other_squares=tuple(sorted((c + 1, d) for c, d in zip(square_cells, square_digits, strict=True))),
+    )
 
-    drawn = int(rng.integers(10))
-    digit = drawn if digit is None else digit
-    if not 0 <= digit <= 9:
-        raise ValueError(f"digit must be 0-9, got {digit}")
+
+def _cell_box(cell: int, cfg: VisualSearchConfig) -> tuple[int, int, int, int]:
+    """Pixel box of 0-based, row-major `cell`."""
+    row, col = divmod(cell, cfg.grid)
+    side = cfg.cell_size
+    return (col * side, row * side, (col + 1) * side, (row + 1) * side)
+
+
+def _red_square(
+    image: Image.Image, draw: ImageDraw.ImageDraw, rng: np.random.Generator, cfg: VisualSearchConfig,
+    cell_box: tuple[int, int, int, int], digit: int,
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """A red square near the centre of `cell_box` with `digit` near its centre: (square box, ink box)."""
+    cell_px = cfg.cell_size
+    side = int(rng.integers(cfg.patch_side[0], cfg.patch_side[1] + 1))
+    room = max(0, min(cfg.target_offset, (cell_px - side) // 2 - _MARGIN))
+    px = cell_box[0] + (cell_px - side) // 2 + int(rng.integers(-room, room + 1))
+    py = cell_box[1] + (cell_px - side) // 2 + int(rng.integers(-room, room + 1))
+    draw.rectangle([px, py, px + side - 1, py + side - 1], fill=_jitter(cfg.target_color, cfg.color_jitter, rng))
     height = int(rng.integers(cfg.glyph_height[0], cfg.glyph_height[1] + 1))
-    slack = max(0.0, (side - height) / 2 - _PAD)
+    slack = min(float(cfg.target_offset), max(0.0, (side - height) / 2 - _PAD))
     centre = (px + side / 2 + rng.uniform(-slack, slack), py + side / 2 + rng.uniform(-slack, slack))
     angle = rng.uniform(-cfg.glyph_rotation, cfg.glyph_rotation)
     bold = int(rng.integers(cfg.glyph_bold + 1))
     glyph_box = draw_digit(image, digit, height, centre, _jitter(cfg.glyph_color, cfg.color_jitter, rng), angle, bold)
-    return Scene(
-        image=image, digit=digit, cell=cell + 1, cell_box=cell_box, target_box=target_box, glyph_box=glyph_box,
-        decoys=tuple(c + 1 for c in decoy_cells),
-    )
+    return (px, py, px + side, py + side), glyph_box
+
+
+def _background(size: int, color: np.ndarray, tint: int) -> Image.Image:
+    """A flat colour whose red rises left to right and blue top to bottom (by `2 * tint` levels).
+
+    Why: the Qwen2.5-VL vision tower has no absolute position embedding (2-D rotary attention only),
+    so a small model trained briefly sees *what* is in a patch but not *where* it is. The tint makes a
+    patch's position part of its content, the way a real photo's context tells where a region lies,
+    so the red square's cell can be read off its surroundings."""
+    ramp = np.linspace(-tint, tint, size)
+    pixels = np.empty((size, size, 3), dtype=np.float32)
+    pixels[..., 0] = color[0] + ramp[None, :]
+    pixels[..., 1] = color[1]
+    pixels[..., 2] = color[2] + ramp[:, None]
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
 def _jitter(color: RGB, amount: int, rng: np.random.Generator) -> RGB:

@@ -1,8 +1,8 @@
 """A scripted visual-search policy: the model texts of an ideal or deliberately noisy trajectory.
 
 For demonstrations (SFT cold start) and tests. `quality=1` is the ideal policy: zoom into the red
-square's cell, then read the digit. Lower quality jitters the zoom box, sometimes skips the zoom
-and guesses, and answers wrong more often, so demonstrations are not all perfect.
+square's cell, then read the digit. Lower quality mixes in careless demonstrators (coarse zooms,
+needless second zooms, guesses), jitters the boxes and answers wrong more often, so RL has room.
 
 The script is open-loop (it knows the answer from the task row), so run it through the
 environment with `play_scripted` to get a real trajectory with the tool's images in it.
@@ -19,8 +19,9 @@ from agent_grpo.envs.api import Environment
 from agent_grpo.trajectory import Task, Trajectory
 from agent_grpo_envs._common import coverage
 
-THINK_ZOOM = "The digit inside the red square is too small to read here. I will zoom in on its cell."
-THINK_GUESS = "The digit inside the red square is too small to read. I will guess."
+THINK_ZOOM = "The digit in that red square is too small to read here. I will zoom in on its cell."
+THINK_GUESS = "The digit in that red square is too small to read. I will guess."
+THINK_CLOSER = "The digit is still small. I will zoom in closer on the cell."
 
 
 def zoom_call(box: list[int], label: str = "red square") -> str:
@@ -28,13 +29,30 @@ def zoom_call(box: list[int], label: str = "red square") -> str:
     return "<tool_call>" + json.dumps({"name": "zoom_in", "arguments": {"bbox_2d": box, "label": label}}) + "</tool_call>"
 
 
-def scripted_turns(task: Task, quality: float = 1.0, rng: np.random.Generator | None = None) -> list[str]:
-    """The model turns of one visual-search trajectory.
+def _block_around(cell: Box, size: int, rng: np.random.Generator) -> list[float]:
+    """A 2 x 2-cell block that contains `cell` (one of up to four placements, at random)."""
+    side = cell.width
+    xs = [x for x in (cell.x1 - side, cell.x1) if x >= 0 and x + 2 * side <= size]
+    ys = [y for y in (cell.y1 - side, cell.y1) if y >= 0 and y + 2 * side <= size]
+    x, y = float(rng.choice(xs)), float(rng.choice(ys))
+    return [x, y, x + 2 * side, y + 2 * side]
 
-    `quality` in [0, 1]: the zoom box's corners move by a normal jitter of `(1 - quality) / 4` of a
-    cell; with probability `(1 - quality) * 0.3` the zoom is skipped and a digit guessed; an answer
-    after a zoom that showed the whole red square is right with probability `quality + (1 - quality) / 10`,
-    otherwise it is a uniform guess (which may be right).
+
+def scripted_turns(task: Task, quality: float = 1.0, rng: np.random.Generator | None = None) -> list[str]:
+    """The model turns of one visual-search trajectory, from a mix of careful and careless demonstrators.
+
+    With `noise = 1 - quality`, each trajectory is one of:
+    - guess (probability 0.2 x noise): no zoom, a uniform digit;
+    - coarse (0.8 x noise): one zoom on a 2 x 2-cell block around the target (the digit is then too
+      small to read for the tiny model), then an answer;
+    - two-step (0.4 x noise): the coarse zoom, then a zoom on the cell, then an answer;
+    - tight (the rest): one zoom on the cell, then an answer.
+    (When the three weights add up to more than 1, they are scaled down and no trajectory is tight.)
+    Boxes are exact (the question gives the cell's box). The demonstrator reads whatever a zoom showed
+    whole (a person can read the coarse view), and guesses otherwise. (Wrong answers after a legible
+    zoom taught the model that the digit is noise: after SFT it read forced exact zooms at chance.)
+    At quality 0.5: 30% tight, 40% coarse, 20% two-step, 10% guess: the greedy mode of a policy
+    imitating them zooms coarsely, and sampling finds the tight zoom often enough for RL to prefer it.
     """
     if not 0.0 <= quality <= 1.0:
         raise ValueError(f"quality must be in [0, 1], got {quality}")
@@ -44,26 +62,39 @@ def scripted_turns(task: Task, quality: float = 1.0, rng: np.random.Generator | 
     size = task.images[0].width if task.images else 896
     cell = Box.from_list(meta["cell_box"])
     noise = 1.0 - quality
+    weights = np.array([0.2, 0.8, 0.4]) * noise
+    weights = weights / max(1.0, weights.sum())
+    style = rng.choice(["guess", "coarse", "two-step", "tight"], p=[*weights, 1.0 - weights.sum()])
 
-    if rng.random() < noise * 0.3:
+    if style == "guess":
         guess = str(rng.integers(10))
         return [f"<think>{THINK_GUESS}</think>\n<answer>{guess}</answer>"]
+    boxes = []
+    if style in ("coarse", "two-step"):
+        boxes.append([int(v) for v in _block_around(cell, size, rng)])
+    if style in ("tight", "two-step"):
+        boxes.append([int(v) for v in cell.as_list()])
 
-    jitter = rng.normal(0.0, noise * cell.width / 4, size=4) if noise else np.zeros(4)
-    x1, y1, x2, y2 = (int(round(v)) for v in np.array(cell.as_list()) + jitter)
-    x1, x2 = sorted((min(max(x1, 0), size - 28), min(max(x2, 0), size)))
-    y1, y2 = sorted((min(max(y1, 0), size - 28), min(max(y2, 0), size)))
-    x2, y2 = max(x2, x1 + 28), max(y2, y1 + 28)
-    box = [x1, y1, x2, y2]
-
-    sees_target = coverage(Box.from_list(box), Box.from_list(meta["target_box"])) >= 0.999
-    right = sees_target and rng.random() < quality + noise / 10
-    answer = digit if right else str(rng.integers(10))
+    target = Box.from_list(meta["target_box"])
+    sees_target = coverage(Box.from_list(boxes[-1]), target) >= 0.999
+    answer = digit if sees_target else str(rng.integers(10))
     think = f"The zoomed image shows the digit {answer}." if sees_target else "I cannot see the digit clearly."
-    return [
-        f"<think>{THINK_ZOOM}</think>\n{zoom_call(box)}",
-        f"<think>{think}</think>\n<answer>{answer}</answer>",
-    ]
+    turns = [f"<think>{THINK_ZOOM}</think>\n{zoom_call(boxes[0])}"]
+    if style == "two-step":
+        turns.append(f"<think>{THINK_CLOSER}</think>\n{zoom_call(boxes[1])}")
+    return [*turns, f"<think>{think}</think>\n<answer>{answer}</answer>"]
+
+
+def direct_turns(task: Task, quality: float = 1.0, rng: np.random.Generator | None = None) -> list[str]:
+    """One turn that answers from the full view, without a tool: the no-tools ablation's demonstrations.
+
+    A guess with probability `0.2 x (1 - quality)` (the guess share of `scripted_turns`), right otherwise: the
+    demonstrator reads the full view, as a person can; whether the model can is what the ablation measures."""
+    if not 0.0 <= quality <= 1.0:
+        raise ValueError(f"quality must be in [0, 1], got {quality}")
+    rng = rng if rng is not None else np.random.default_rng()
+    answer = str(rng.integers(10)) if rng.random() < 0.2 * (1 - quality) else str(task.answer)
+    return [f"<think>The digit in that red square is {answer}.</think>\n<answer>{answer}</answer>"]
 
 
 def play(env: Environment, task: Task, turns: list[str], group_id: str | None = None, sample_index: int = 0) -> Trajectory:

@@ -3,14 +3,15 @@
 Like every real VLM, the demo's policy learns to see before RL teaches it to act. This script
 teaches the tiny Qwen2.5-VL only perception, with its own instructions, never the tool-call protocol
 nor the task's question:
-- READ: a crop around the red square's cell (what a zoom returns, with the jitter of imperfect
-  boxes), shown at the zoom resolution -> the digit; crops that miss the square -> "none".
-- LOCATE: the full canvas at the full-view resolution -> the red square's grid cell as a box
-  "[x1, y1, x2, y2]" in original pixels.
+- READ: a crop around a red square's cell (what a zoom returns, with the jitter of imperfect boxes,
+  growing over a curriculum), shown at the zoom resolution -> the digit;
+- NONE: a crop of a cell without a red square -> "none".
+Locating the square at full view is not taught: the tiny model did not learn it within CPU budgets
+(generator.py says why); the question names the cell instead.
 Samples go through the same chat template, batch assembly and forward as RL (one code path), and
 are drawn fresh every step from seeds disjoint from the environment's test split.
 
-    agent-grpo model pretrain OUT_DIR [--steps 1500] [--seed 0]
+    agent-grpo model pretrain OUT_DIR [--steps 3000] [--seed 0]
 """
 
 from __future__ import annotations
@@ -32,16 +33,15 @@ from agent_grpo.trajectory import Segment, Task, Trajectory
 from agent_grpo_envs.visual_search.generator import VisualSearchConfig, generate
 
 READ_PROMPT = "Read the digit in the red square. Reply with the digit, or none if there is no red square."
-LOCATE_PROMPT = "Which grid cell holds the red square? Reply with its box."
 SYSTEM = "You are a vision model. Reply with the requested value only."
 PRETRAIN_SEED_BASE = 7_000_000  # far from the environment's split seeds
 
 
 @dataclass
 class Sample:
-    kind: str  # "read", "none" or "locate"
+    kind: str  # "read" or "none"
     image: Image.Image
-    source: str  # "tool" (zoom resolution) or "task" (full view)
+    source: str  # "tool": shown at the zoom resolution
     prompt: str
     target: str
 
@@ -53,33 +53,29 @@ def _crop_around(box: tuple[int, ...], size: int, jitter: float, rng: np.random.
     return tuple(int(round(v)) for v in (x1, y1, x2, y2))
 
 
-def make_sample(seed: int, kind: str, config: VisualSearchConfig) -> Sample:
+def make_sample(seed: int, kind: str, config: VisualSearchConfig, jitter: float = 8.0) -> Sample:
+    """One sample of `kind`; zoom boxes are the cell's box with corners moved by N(0, `jitter`) pixels."""
     rng = np.random.default_rng([seed, 17])
     scene = generate(seed, config)
     size = config.canvas_size
-    if kind == "locate":
-        return Sample(kind, scene.image, "task", LOCATE_PROMPT, "[" + ", ".join(str(v) for v in scene.cell_box) + "]")
     if kind == "read":
-        # A zoom with a noisy box that still contains the whole red square.
+        # A zoom whose box still contains the whole red square.
+        t = scene.target_box
         for _ in range(20):
-            crop = _crop_around(scene.cell_box, size, config.cell_size / 8, rng)
-            t = scene.target_box
+            crop = _crop_around(scene.cell_box, size, jitter, rng)
             if crop[0] <= t[0] and crop[1] <= t[1] and crop[2] >= t[2] and crop[3] >= t[3]:
                 break
         else:
             crop = scene.cell_box
         return Sample(kind, scene.image.crop(crop), "tool", READ_PROMPT, str(scene.digit))
-    # "none": a zoom into another cell (decoy digits live there: reading any digit is not enough).
-    others = [c for c in range(1, config.grid**2 + 1) if c != scene.cell]
+    # "none": a zoom into a cell without a red square (decoy digits live there: reading any digit is not enough).
+    squares = {scene.cell, *(c for c, _ in scene.other_squares)}
+    others = [c for c in range(1, config.grid**2 + 1) if c not in squares]
     cell = int(rng.choice(others))
     row, col = divmod(cell - 1, config.grid)
     side = config.cell_size
     box = (col * side, row * side, (col + 1) * side, (row + 1) * side)
-    crop = _crop_around(box, size, side / 16, rng)
-    t = scene.target_box
-    overlaps = not (crop[2] <= t[0] or crop[0] >= t[2] or crop[3] <= t[1] or crop[1] >= t[3])
-    if overlaps:  # the jitter reached the square: read it instead
-        return make_sample(seed, "read", config)
+    crop = _crop_around(box, size, jitter, rng)
     return Sample("none", scene.image.crop(crop), "tool", READ_PROMPT, "none")
 
 
@@ -103,15 +99,24 @@ def encode_sample(sample: Sample, chat, budget: VisualBudget, index: int) -> Tra
     )
 
 
-KINDS = ("read", "read", "none", "locate", "locate")  # reading is the hardest: it gets the most steps
+KINDS = ("read", "read", "read", "none")
+MAX_JITTER = 12.0  # zoom-box corner noise (std, canvas px) at the end of the curriculum
 
 
-def batch_for(step: int, batch_size: int, seed: int, chat, budget, config) -> list[Trajectory]:
+def jitter_at(step: int, steps: int) -> float:
+    """Curriculum: zoom boxes start exact (centred digit) and loosen to MAX_JITTER by 60% of the steps.
+
+    The tiny model first learns to read a centred digit, then to tolerate offsets (probes in
+    BENCHMARKS.md: jittered digits from scratch stay at chance much longer)."""
+    return MAX_JITTER * min(1.0, step / max(1.0, 0.6 * steps))
+
+
+def batch_for(step: int, batch_size: int, seed: int, chat, budget, config, jitter: float) -> list[Trajectory]:
     out = []
     for i in range(batch_size):
         s = PRETRAIN_SEED_BASE + seed * 1_000_003 + step * batch_size + i
         kind = KINDS[(step * batch_size + i) % len(KINDS)]
-        out.append(encode_sample(make_sample(s, kind, config), chat, budget, s))
+        out.append(encode_sample(make_sample(s, kind, config, jitter), chat, budget, s))
     return out
 
 
@@ -123,8 +128,8 @@ def evaluate(model, chat, budget, config, n: int = 200, seed: int = 1) -> dict[s
 
     engine = HFEngine(model, chat)
     params = SamplingParams(max_new_tokens=24, greedy=True)
-    correct: dict[str, list[float]] = {"read": [], "none": [], "locate": []}
-    samples = [make_sample(10**9 + seed * 100_003 + i, KINDS[i % len(KINDS)], config) for i in range(n)]
+    correct: dict[str, list[float]] = {"read": [], "none": []}
+    samples = [make_sample(10**9 + seed * 100_003 + i, KINDS[i % len(KINDS)], config, MAX_JITTER) for i in range(n)]
     for start in range(0, n, 16):
         chunk = samples[start : start + 16]
         trajs = [encode_sample(s, chat, budget, start + j) for j, s in enumerate(chunk)]
@@ -137,8 +142,8 @@ def evaluate(model, chat, budget, config, n: int = 200, seed: int = 1) -> dict[s
 
 
 def pretrain(
-    out_dir: Path, steps: int = 1500, batch_size: int = 16, lr: float = 1e-3, seed: int = 0, size: str = "S",
-    eval_every: int = 250, progress: bool = True,
+    out_dir: Path, steps: int = 3000, batch_size: int = 16, lr: float = 1e-3, seed: int = 0, size: str = "S",
+    eval_every: int = 250, progress: bool = True, final_eval: int = 500,
 ) -> dict:
     """Train perception from the tiny model's fan-in initialisation and save a checkpoint + metrics."""
     from rich.progress import Progress
@@ -160,7 +165,8 @@ def pretrain(
         job = bar.add_task("pretrain perception", total=steps)
         for step in range(steps):
             model.train()
-            batch = assemble_batch(batch_for(step, batch_size, seed, chat, budget, config), chat, budget)
+            trajs = batch_for(step, batch_size, seed, chat, budget, config, jitter_at(step, steps))
+            batch = assemble_batch(trajs, chat, budget)
             lp, _ = forward_logprobs(model, batch)
             # Mean per sample, then over samples: a 20-token box must not outweigh a 1-token digit.
             per_sample = (lp * batch.loss_mask).sum(1) / batch.loss_mask.sum(1).clamp(min=1)
@@ -178,16 +184,16 @@ def pretrain(
                 history.append(row)
                 bar.console.print(row)
     model.eval()
-    final = evaluate(model, chat, budget, config, n=500, seed=2)
+    final = evaluate(model, chat, budget, config, n=final_eval, seed=2)
     out_dir = Path(out_dir)
     save_checkpoint(model, processor, out_dir)
     report = {
         "command": f"agent-grpo model pretrain {out_dir} --steps {steps} --seed {seed} --size {size}",
         "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "size": size,
-        "data": {"kinds": list(KINDS), "read_prompt": READ_PROMPT, "locate_prompt": LOCATE_PROMPT,
+        "data": {"kinds": list(KINDS), "max_jitter": MAX_JITTER, "read_prompt": READ_PROMPT,
                  "generator": config.model_dump(mode="json"), "seed_base": PRETRAIN_SEED_BASE,
                  "views": {"full": budget.max_pixels("task"), "zoom": budget.max_pixels("tool")}},
-        "held_out_500": final, "history": history, "wall_time_s": round(time.time() - start, 1),
+        "held_out": {"samples": final_eval, **final}, "history": history, "wall_time_s": round(time.time() - start, 1),
         "torch_threads": torch.get_num_threads(),
     }
     (out_dir / "pretrain_report.json").write_text(json.dumps(report, indent=2))

@@ -1,0 +1,158 @@
+"""Ablation of the demo pipeline (issue 6): where does GRPO's gain come from?
+
+Variants, each run as the full `agent-grpo demo` pipeline (same checkpoint, same held-out tasks):
+- `no_tools`:      no tool is offered; SFT demonstrations answer from the full view (`direct_turns`)
+- `no_efficiency`: tools, rubric without the tool-efficiency reward (`tool_cost=0`)
+- `full`:          tools, the full rubric (format + accuracy + tool bonus + tool efficiency)
+
+    .venv/bin/python bench/ablation.py --seeds 0 1 2 --jobs 2 --out runs/ablation
+    .venv/bin/python bench/ablation.py --summarize-only --out runs/ablation   # re-read finished runs
+
+Prints a markdown table (mean +- std over seeds of held-out accuracy after SFT and after GRPO, the
+gain, zoom calls, needless zooms and zoom IoU) and writes ablation.md, ablation.json and
+ablation_curves.png (training curves per variant, averaged over seeds) into `--out`.
+A finished run is reused, so an interrupted ablation resumes where it stopped; `full` reuses the SFT
+stage of `no_efficiency` with the same seed (identical demonstrations and settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+VARIANTS: dict[str, list[str]] = {
+    "no_tools": [
+        "sft.env.allow_tools=false", "grpo.env.allow_tools=false",
+        "sft.data.policy=agent_grpo_envs.visual_search.policy:direct_turns",
+    ],
+    "no_efficiency": ["env_options.tool_cost=0"],
+    "full": [],
+}
+
+
+# Variants whose SFT stage is identical (same demonstrations, same seed): the later one reuses it.
+SHARES_SFT = {"full": "no_efficiency"}
+
+
+def run_one(out: Path, variant: str, seed: int, extra: list[str]) -> tuple[str, int, float, int]:
+    folder = out / f"{variant}_s{seed}"
+    if (folder / "results.json").exists():
+        return variant, seed, 0.0, 0
+    donor = out / f"{SHARES_SFT.get(variant, '')}_s{seed}"
+    if variant in SHARES_SFT and (donor / "eval_sft" / "result.json").exists() and not (folder / "sft").exists():
+        for stage in ("eval_start", "sft", "eval_sft"):
+            shutil.copytree(donor / stage, folder / stage)
+    sets = [*VARIANTS[variant], f"sft.seed={seed}", f"grpo.seed={seed}", *extra]
+    cmd = [str(Path(sys.executable).parent / "agent-grpo"), "demo", "--out", str(folder), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(folder / "log.txt", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+    return variant, seed, time.time() - t0, rc
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def summarize(out: Path, seeds: list[int]) -> dict:
+    rows, data = [], {}
+    for variant in VARIANTS:
+        per_seed = []
+        for seed in seeds:
+            path = out / f"{variant}_s{seed}" / "results.json"
+            if path.exists():
+                results = {r["name"]: r for r in json.loads(path.read_text())}
+                per_seed.append((seed, results))
+        if not per_seed:
+            continue
+        sft = [r["after SFT"]["accuracy"] for _, r in per_seed if "after SFT" in r]
+        grpo = [r["after GRPO"]["accuracy"] for _, r in per_seed]
+        gain = [g - s for g, s in zip(grpo, sft, strict=False)]
+        calls = [r["after GRPO"]["calls_per_traj"] for _, r in per_seed]
+        needless = [r["after GRPO"].get("needless_zooms") or 0.0 for _, r in per_seed]
+        iou = [r["after GRPO"].get("zoom_cell_iou") or 0.0 for _, r in per_seed]
+        sft_needless = [r["after SFT"].get("needless_zooms") or 0.0 for _, r in per_seed if "after SFT" in r]
+        n_tasks = per_seed[0][1]["after GRPO"]["tasks"]
+        data[variant] = {"seeds": [s for s, _ in per_seed], "sft_accuracy": sft, "grpo_accuracy": grpo, "gain": gain,
+                         "calls": calls, "needless": needless, "sft_needless": sft_needless, "zoom_iou": iou,
+                         "tasks": n_tasks}
+        rows.append(f"| {variant} | {len(per_seed)} | {n_tasks} | {_stats(sft)} | {_stats(grpo)} | {_stats(gain)} | "
+                    f"{_stats(calls)} | {_stats(sft_needless)} -> {_stats(needless)} | {_stats(iou)} |")
+    head = ("| variant | seeds | held-out tasks | accuracy after SFT | accuracy after GRPO | gain | zoom calls / traj "
+            "| needless zooms / traj (SFT -> GRPO) | zoom IoU (cell) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    table = head + "\n" + "\n".join(rows)
+    (out / "ablation.md").write_text(table + "\n")
+    (out / "ablation.json").write_text(json.dumps(data, indent=2) + "\n")
+    return {"table": table, "data": data}
+
+
+def plot(out: Path, seeds: list[int]) -> Path | None:
+    """Training curves per variant, the mean over seeds at each step."""
+    from agent_grpo.plots import plot_curves, read_metrics
+
+    runs = {}
+    for variant in VARIANTS:
+        per_step: dict[int, list[dict]] = {}
+        for seed in seeds:
+            path = out / f"{variant}_s{seed}" / "grpo" / "metrics.jsonl"
+            if path.exists():
+                for row in read_metrics(path):
+                    per_step.setdefault(row["step"], []).append(row)
+        if per_step:
+            runs[variant] = [
+                {"step": step, **{k: statistics.mean(r[k] for r in rows if k in r)
+                                  for k in {k for r in rows for k in r} if k != "step"
+                                  and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)}}
+                for step, rows in sorted(per_step.items())
+            ]
+    if not runs:
+        return None
+    panels = [("reward/accuracy", "accuracy (train rollouts)"), ("tool_calls_per_traj", "zoom calls / trajectory"),
+              ("needless_zooms", "needless zooms / trajectory"), ("zoom_cell_iou", "zoom IoU with target cell")]
+    return plot_curves(runs, panels, out / "ablation_curves.png", title=f"GRPO ablation, mean of {len(seeds)} seeds")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (each uses one CPU thread)")
+    ap.add_argument("--set", dest="extra", action="append", default=[], help="override for every run, e.g. grpo.steps=60")
+    ap.add_argument("--summarize-only", action="store_true")
+    args = ap.parse_args()
+
+    if not args.summarize_only:
+        # Two rounds: the variants that share their SFT stage run after the one that makes it.
+        first = [v for v in args.variants if v not in SHARES_SFT]
+        rounds = [[(v, s) for s in args.seeds for v in first], [(v, s) for s in args.seeds for v in SHARES_SFT
+                                                                 if v in args.variants]]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for jobs in rounds:
+                for variant, seed, seconds, rc in pool.map(lambda j: run_one(args.out, j[0], j[1], args.extra), jobs):
+                    status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {args.out}/{variant}_s{seed}/log.txt)"
+                    print(f"{variant} seed {seed}: {status} in {seconds:.0f} s", flush=True)
+    summary = summarize(args.out, args.seeds)
+    picture = plot(args.out, args.seeds)
+    print(summary["table"])
+    if picture:
+        print(f"curves: {picture}")
+
+
+if __name__ == "__main__":
+    main()
