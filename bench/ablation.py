@@ -33,7 +33,7 @@ VARIANTS: dict[str, list[str]] = {
         "sft.env.allow_tools=false", "grpo.env.allow_tools=false",
         "sft.data.policy=agent_grpo_envs.visual_search.policy:direct_turns",
     ],
-    "no_efficiency": ["env_options.tool_cost=0"],
+    "no_efficiency": ["env_options.config.tool_cost=0"],
     "full": [],
 }
 

@@ -174,9 +174,9 @@ class Pipeline:
         if grpo.exists():
             panels = [("reward", "mean reward"), ("reward/accuracy", "accuracy (train rollouts)"),
                       ("tool_calls_per_traj", "zoom calls / trajectory"), ("zoom_cell_iou", "zoom IoU with target cell"),
-                      ("response_tokens", "response tokens"), ("entropy", "policy entropy (sampled tokens)")]
+                      ("needless_zooms", "needless zooms / trajectory"), ("entropy", "policy entropy (sampled tokens)")]
             out.append(plot_curves({"GRPO": grpo}, panels, self.cfg.out_dir / "curves_grpo.png",
-                                   title="GRPO on visual-search (train rollouts)"))
+                                   title=f"GRPO on {self.cfg.grpo.env.name} (train rollouts)"))
         sft = self.cfg.out_dir / "sft" / "metrics.jsonl"
         if sft.exists():
             panels = [("loss", "SFT loss"), ("token_accuracy", "token accuracy")]
