@@ -18,6 +18,7 @@ each stage (greedy, one trajectory per task). Everything lands in `out_dir`:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -96,8 +97,6 @@ class Pipeline:
         )
         env.shutdown()
         if (out / "trajectories").exists():  # a stage killed mid-write: redo it whole
-            import shutil
-
             shutil.rmtree(out / "trajectories")
         out.mkdir(parents=True, exist_ok=True)
         with RunStore.create(out / "trajectories", meta=RunMeta.from_env(env, recipe="eval", checkpoint=checkpoint)) as store:
