@@ -2,7 +2,7 @@
 
 For demonstrations (SFT cold start) and tests. `quality=1` is the ideal policy: zoom into the red
 square's cell, then read the digit. Lower quality mixes in careless demonstrators (coarse zooms,
-needless second zooms, guesses), jitters the boxes and answers wrong more often, so RL has room.
+needless second zooms, guesses), so RL has room.
 
 The script is open-loop (it knows the answer from the task row), so run it through the
 environment with `play_scripted` to get a real trajectory with the tool's images in it.
