@@ -5,7 +5,6 @@ Headless (matplotlib's Agg backend): plots are files, never windows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,16 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl; a torn last line (a killed run) is skipped."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+from agent_grpo.train.metrics import read_metrics  # noqa: E402
 
 
 def smooth(values: list[float], window: int) -> list[float]:

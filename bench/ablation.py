@@ -103,7 +103,8 @@ def summarize(out: Path, seeds: list[int]) -> dict:
 
 def plot(out: Path, seeds: list[int]) -> Path | None:
     """Training curves per variant, the mean over seeds at each step."""
-    from agent_grpo.plots import plot_curves, read_metrics
+    from agent_grpo.plots import plot_curves
+    from agent_grpo.train.metrics import read_metrics
 
     runs = {}
     for variant in VARIANTS:

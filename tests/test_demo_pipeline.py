@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from agent_grpo.errors import ConfigError
-from agent_grpo.plots import plot_curves, read_metrics
+from agent_grpo.plots import plot_curves
 from agent_grpo.recipes.pipeline import load_pipeline_config
+from agent_grpo.train.metrics import read_metrics
 
 BIN = Path(sys.executable).parent / "agent-grpo"
 
