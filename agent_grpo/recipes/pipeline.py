@@ -108,33 +108,22 @@ class Pipeline:
                            f"{result.calls_per_traj:.2f} calls / trajectory")
         return result
 
-    def sft(self) -> str:
-        cfg = self.cfg
-        sft = cfg.sft.model_copy(deep=True)
-        sft.out_dir = cfg.out_dir / "sft"
-        sft.model.path = cfg.start
-        sft.env.options = {**cfg.env_options, **sft.env.options}
-        done = latest_checkpoint(sft.out_dir)
-        if done is None or int(done.name.split("_")[-1]) < sft.steps:
-            recipe = SFTRecipe(sft, console=self.console, progress=self.progress)
+    def train(self, name: str, stage: SFTConfig | TrainConfig, recipe_cls, start: str) -> str:
+        """Run one training stage (SFT or GRPO) from checkpoint `start` in `out_dir/name`, unless its
+        last checkpoint is already there; returns the folder of that checkpoint's model."""
+        stage = stage.model_copy(deep=True)
+        stage.out_dir = self.cfg.out_dir / name
+        stage.model.path = start
+        stage.env.options = {**self.cfg.env_options, **stage.env.options}
+        done = latest_checkpoint(stage.out_dir)
+        if done is None or int(done.name.split("_")[-1]) < stage.steps:
+            recipe = recipe_cls(stage, console=self.console, progress=self.progress)
             recipe.setup()
-            recipe.train()
-            recipe.cleanup()
-        return str(latest_checkpoint(sft.out_dir) / "model")
-
-    def grpo(self, start: str) -> str:
-        cfg = self.cfg
-        grpo = cfg.grpo.model_copy(deep=True)
-        grpo.out_dir = cfg.out_dir / "grpo"
-        grpo.model.path = start
-        grpo.env.options = {**cfg.env_options, **grpo.env.options}
-        done = latest_checkpoint(grpo.out_dir)
-        if done is None or int(done.name.split("_")[-1]) < grpo.steps:
-            recipe = GRPORecipe(grpo, console=self.console, progress=self.progress)
-            recipe.setup()
-            recipe.train()
-            recipe.cleanup()
-        return str(latest_checkpoint(grpo.out_dir) / "model")
+            try:
+                recipe.train()
+            finally:
+                recipe.cleanup()
+        return str(latest_checkpoint(stage.out_dir) / "model")
 
     # ---- the whole run -------------------------------------------------------------------------
 
@@ -155,9 +144,9 @@ class Pipeline:
         self.results = [timed("eval_start", self.evaluate, "start", "pretrained (no SFT)", cfg.start)]
         policy = cfg.start
         if not cfg.skip_sft:
-            policy = timed("sft", self.sft)
+            policy = timed("sft", self.train, "sft", cfg.sft, SFTRecipe, policy)
             self.results.append(timed("eval_sft", self.evaluate, "sft", "after SFT", policy))
-        policy = timed("grpo", self.grpo, policy)
+        policy = timed("grpo", self.train, "grpo", cfg.grpo, GRPORecipe, policy)
         self.results.append(timed("eval_grpo", self.evaluate, "grpo", "after GRPO", policy))
         timings["total"] = round(time.time() - start, 1)
 
