@@ -35,7 +35,7 @@ def plot_curves(
 
     `runs` maps a legend name to a metrics.jsonl path or its rows. Returns the PNG path."""
     data = {name: read_metrics(src) if isinstance(src, (str, Path)) else src for name, src in runs.items()}
-    cols = min(3, len(panels))
+    cols = 2 if len(panels) == 4 else min(3, len(panels))  # 4 panels: a 2 x 2 grid, not 3 + 1 with a hole
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
