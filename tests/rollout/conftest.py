@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rollout_fixtures import ZoomEnv
+from zoom_fixtures import ZoomEnv
 
 from agent_grpo.models.chat import ChatFormat
 from agent_grpo.models.tiny import build_tiny_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rollout_fixtures import TWO_ZOOMS, ForceScript, zoom_call
+from zoom_fixtures import TWO_ZOOMS, ForceScript, zoom_call
 
 from agent_grpo.budget import VisualBudget
 from agent_grpo.envs import BUDGET_NOTICE

@@ -6,7 +6,8 @@ import contextlib
 
 import pytest
 import torch
-from trainer_fixtures import TWO_ZOOMS, ForceScript, ZoomEnv, params_of, zoom_call
+from trainer_fixtures import params_of
+from zoom_fixtures import TWO_ZOOMS, ForceScript, ZoomEnv, zoom_call
 
 from agent_grpo.models.chat import ChatFormat
 from agent_grpo.models.mrope import multimodal_position_ids

@@ -1,4 +1,10 @@
-"""Helpers for rollout tests (a uniquely named module: `conftest` names collide across test folders)."""
+"""Multi-turn, multi-image zoom trajectories through the real tiny model, shared by the rollout and
+trainer tests (`tests/` is on pytest's path; a uniquely named module, since `conftest` names collide).
+
+- `ZoomEnv`: one 448 px noise image, the built-in zoom_in tool, exact-match answer.
+- `zoom_call`, `TWO_ZOOMS`: scripted assistant turns (a zoom, a zoom into the zoom, an answer).
+- `ForceScript`: makes the real model emit scripted text, so trajectories are known in advance.
+"""
 
 from __future__ import annotations
 
@@ -38,17 +44,18 @@ class ZoomEnv(Environment):
 
 
 def zoom_call(box, image=0) -> str:
-    return f'<think>look closer</think><tool_call>{{"name": "zoom_in", "arguments": {{"bbox_2d": {box}, "image": {image}}}}}</tool_call>'
+    return (f'<think>look closer</think><tool_call>{{"name": "zoom_in", '
+            f'"arguments": {{"bbox_2d": {box}, "image": {image}}}}}</tool_call>')
 
 
 TWO_ZOOMS = [zoom_call([0, 0, 224, 224]), zoom_call([56, 56, 168, 168], image=1), "<think>it is</think><answer>3</answer>"]
 
 
 class ForceScript:
-    """HF logits processor factory: rows follow scripted token ids (per trajectory key and turn).
+    """HF logits processor factory: rows follow scripted text (per trajectory key and turn).
 
-    The real model still runs every step, and logprobs come from its raw logits, so the recorded
-    sampling logprobs are the model's own; only the choice of token is scripted.
+    The real model still runs every step and logprobs come from its raw logits; only the choice of
+    token is scripted.
     """
 
     def __init__(self, chat: ChatFormat, script):
@@ -56,16 +63,16 @@ class ForceScript:
         self.script = script  # (key, turn) -> text
 
     def __call__(self, requests, width):
+        from transformers import LogitsProcessorList
+
         forced = [self.chat.tokenizer.encode(self.script(r.key, r.turn), add_special_tokens=False) for r in requests]
+        end = self.chat.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
         def force(input_ids, scores):
             step = input_ids.shape[1] - width
             out = torch.full_like(scores, float("-inf"))
             for b, ids in enumerate(forced):
-                tok = ids[step] if step < len(ids) else self.chat.tokenizer.convert_tokens_to_ids("<|im_end|>")
-                out[b, tok] = 0.0
+                out[b, ids[step] if step < len(ids) else end] = 0.0
             return out
-
-        from transformers import LogitsProcessorList
 
         return LogitsProcessorList([force])
