@@ -152,6 +152,9 @@ class ChatFormat:
         self.chat_template: str = template
         self.image_token_id = self._single_token_id(IMAGE_TOKEN)
         self.merge_size: int = self.image_processor.merge_size
+        # Batches pad with this id (masked out everywhere); Qwen2.5-VL's tokenizer names <|endoftext|>.
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id: int = pad if pad is not None else self._single_token_id("<|endoftext|>")
         self.assistant_end = self._probe_assistant_end()
         self.stop_strings: tuple[str, ...] = STOP_STRINGS
         ids = [self._single_token_id(s, required=False) for s in STOP_STRINGS]

@@ -18,7 +18,6 @@ import torch
 from agent_grpo.budget import VisualBudget
 from agent_grpo.errors import BatchError
 from agent_grpo.models.mrope import mm_token_type_ids
-from agent_grpo.rollout.hf_engine import pad_token_id
 from agent_grpo.rollout.vision import VisionCache
 from agent_grpo.trajectory import Trajectory
 
@@ -85,7 +84,7 @@ def assemble_batch(
 
     width = max(len(r) for r in rows)
     B = len(rows)
-    input_ids = torch.full((B, width), pad_token_id(chat), dtype=torch.long)
+    input_ids = torch.full((B, width), chat.pad_token_id, dtype=torch.long)
     attention = torch.zeros((B, width), dtype=torch.long)
     loss_mask = torch.zeros((B, width), dtype=torch.float32)
     old_lp = torch.zeros((B, width), dtype=torch.float32)

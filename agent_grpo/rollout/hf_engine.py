@@ -24,13 +24,6 @@ from agent_grpo.rollout.engine import GenRequest, GenResult, SamplingParams
 SUPPRESSED = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|im_start|>")
 
 
-def pad_token_id(chat) -> int:
-    tok = chat.tokenizer
-    if tok.pad_token_id is not None:
-        return tok.pad_token_id
-    return tok.convert_tokens_to_ids("<|endoftext|>")
-
-
 class _ImageInputCache:
     """`chat.image_inputs` with each distinct image preprocessed once; least recently used out first.
 
@@ -98,7 +91,7 @@ class HFEngine:
         # Stops that are single tokens go to generate as eos ids; others are found in decoded text.
         self.stop_token_ids = {vocab[s]: s for s in stops if s in vocab}
         self.stop_texts = tuple(s for s in stops if s not in vocab)
-        self.pad_id = pad_token_id(chat)
+        self.pad_id = chat.pad_token_id
         self.image_token_id = chat.image_token_id
         self._image_inputs = _ImageInputCache(chat.image_inputs, image_cache_mb * 2**20)
         # The model must never write vision placeholders itself: an `<|image_pad|>` it samples would

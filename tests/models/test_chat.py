@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import logging
 
@@ -225,6 +226,15 @@ def test_stop_tokens_and_assistant_end(tiny_chat, qwen_chat):
     assert qwen_chat.stop_token_ids == (151658, 151645, 151643)
     assert qwen_chat.assistant_end == "<|im_end|>\n"
     assert qwen_chat.image_token_id == 151655
+
+
+def test_pad_token_id_is_the_tokenizers_or_endoftext(tiny, qwen_chat):
+    assert qwen_chat.pad_token_id == 151643  # the real tokenizer's pad token, <|endoftext|>
+    processor = copy.deepcopy(tiny[1])
+    endoftext = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    processor.tokenizer.pad_token = None  # a tokenizer that names no pad token falls back to <|endoftext|>
+    assert processor.tokenizer.pad_token_id is None
+    assert ChatFormat(processor).pad_token_id == endoftext
 
 
 def test_tools_may_be_tool_objects(tiny_chat):
