@@ -32,7 +32,12 @@ def sft(
     from agent_grpo.recipes.sft import SFTRecipe
 
     recipe = SFTRecipe(cfg, console=console, progress=not no_progress)
-    recipe.setup()
+    try:
+        recipe.setup()
+    except ConfigError as e:  # checks that need the data, e.g. too few demonstrations left after filtering
+        console.print(str(e), markup=False)
+        recipe.cleanup()
+        raise typer.Exit(2) from e
     try:
         recipe.train()
     finally:

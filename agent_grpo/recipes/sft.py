@@ -112,6 +112,7 @@ class SFTRecipe:
         self.console = console or Console()
         self.show_progress = progress
         self.merged_path: Path | None = None  # with LoRA, the merged checkpoint written after training
+        self.env = self.logger = None  # set by setup(); cleanup() also runs after a setup that failed
         seed_everything(cfg.seed)
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -236,5 +237,7 @@ class SFTRecipe:
         return out
 
     def cleanup(self) -> None:
-        self.logger.close()
-        self.env.shutdown()
+        if self.logger is not None:
+            self.logger.close()
+        if self.env is not None:
+            self.env.shutdown()

@@ -134,3 +134,14 @@ def test_cli_checks_configs():
     assert '"steps": 7' in ok.output and '"source": "scripted"' in ok.output
     bad = runner.invoke(app, [str(EXAMPLE), "--check", "--set", "data.source=run"])
     assert bad.exit_code == 2 and "needs data.path" in bad.output
+
+
+def test_cli_reports_too_few_demonstrations_without_a_traceback(tmp_path):
+    app = typer.Typer()
+    app.command()(sft)
+    out = CliRunner().invoke(app, ["--no-progress", "--set", f"out_dir={tmp_path / 'run'}", "--set", "env.num_train_tasks=2",
+                                   "--set", "env.num_eval_tasks=1", "--set", "batch_size=8", "--set", "tensorboard=false"])
+    assert out.exit_code == 2, out.output
+    assert "only 2 demonstrations are left" in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
