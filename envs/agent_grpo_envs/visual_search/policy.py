@@ -17,7 +17,7 @@ import numpy as np
 from agent_grpo.boxes import Box
 from agent_grpo.envs.api import Environment
 from agent_grpo.trajectory import Task, Trajectory
-from agent_grpo_envs._common import coverage
+from agent_grpo_envs._common import useful_zoom
 
 THINK_ZOOM = "The digit in that red square is too small to read here. I will zoom in on its cell."
 THINK_GUESS = "The digit in that red square is too small to read. I will guess."
@@ -75,8 +75,7 @@ def scripted_turns(task: Task, quality: float = 1.0, rng: np.random.Generator | 
     if style in ("tight", "two-step"):
         boxes.append([int(v) for v in cell.as_list()])
 
-    target = Box.from_list(meta["target_box"])
-    sees_target = coverage(Box.from_list(boxes[-1]), target) >= 0.999
+    sees_target = useful_zoom(Box.from_list(boxes[-1]), Box.from_list(meta["target_box"]))
     answer = digit if sees_target else str(rng.integers(10))
     think = f"The zoomed image shows the digit {answer}." if sees_target else "I cannot see the digit clearly."
     turns = [f"<think>{THINK_ZOOM}</think>\n{zoom_call(boxes[0])}"]
