@@ -32,7 +32,7 @@ from agent_grpo.models.chat import ChatFormat
 from agent_grpo.plots import plot_curves
 from agent_grpo.recipes.grpo import GRPORecipe
 from agent_grpo.recipes.sft import SFTConfig, SFTRecipe
-from agent_grpo.train.checkpoint import latest_checkpoint
+from agent_grpo.train.checkpoint import checkpoint_step, latest_checkpoint
 from agent_grpo.train.config import ModelConfig, TrainConfig, load_config
 
 
@@ -91,11 +91,13 @@ class Pipeline:
         env = make_env(cfg.grpo.env.name, allow_tools=cfg.grpo.env.allow_tools, **cfg.env_options)
         if cfg.grpo.env.reward_weights:
             env.rubric = env.rubric.with_weights(**cfg.grpo.env.reward_weights)
-        result, trajs = evaluate_policy(
-            model, ChatFormat(processor), env, name=label, split=cfg.eval.split, n=cfg.eval.n, seed=cfg.eval.seed,
-            max_new_tokens=cfg.eval.max_new_tokens, max_total_tokens=cfg.eval.max_total_tokens,
-        )
-        env.shutdown()
+        try:
+            result, trajs = evaluate_policy(
+                model, ChatFormat(processor), env, name=label, split=cfg.eval.split, n=cfg.eval.n,
+                seed=cfg.eval.seed, max_new_tokens=cfg.eval.max_new_tokens, max_total_tokens=cfg.eval.max_total_tokens,
+            )
+        finally:
+            env.shutdown()
         if (out / "trajectories").exists():  # a stage killed mid-write: redo it whole
             shutil.rmtree(out / "trajectories")
         out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,7 @@ class Pipeline:
         stage.model.path = start
         stage.env.options = {**self.cfg.env_options, **stage.env.options}
         done = latest_checkpoint(stage.out_dir)
-        if done is None or int(done.name.split("_")[-1]) < stage.steps:
+        if done is None or checkpoint_step(done) < stage.steps:
             recipe = recipe_cls(stage, console=self.console, progress=self.progress)
             recipe.setup()
             try:

@@ -145,6 +145,11 @@ def _json_default(x):
     raise TypeError(f"cannot store {type(x).__name__} in {STATE_FILE}")
 
 
+def checkpoint_step(ckpt: Path) -> int:
+    """The step of a checkpoint folder written by `save_checkpoint` (`step_000050` -> 50)."""
+    return int(Path(ckpt).name.removeprefix("step_"))
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     root = Path(out_dir) / "checkpoints"
     done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).exists())
