@@ -82,7 +82,7 @@ def summarize(out: Path, seeds: list[int]) -> dict:
             continue
         sft = [r["after SFT"]["accuracy"] for _, r in per_seed if "after SFT" in r]
         grpo = [r["after GRPO"]["accuracy"] for _, r in per_seed]
-        gain = [g - s for g, s in zip(grpo, sft, strict=False)]
+        gain = [r["after GRPO"]["accuracy"] - r["after SFT"]["accuracy"] for _, r in per_seed if "after SFT" in r]
         calls = [r["after GRPO"]["calls_per_traj"] for _, r in per_seed]
         needless = [r["after GRPO"].get("needless_zooms") or 0.0 for _, r in per_seed]
         iou = [r["after GRPO"].get("zoom_cell_iou") or 0.0 for _, r in per_seed]
