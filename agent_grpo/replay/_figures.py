@@ -15,13 +15,15 @@ import io
 from agent_grpo.boxes import Box, root_to_crop
 from agent_grpo.content import ImagePart
 from agent_grpo.replay._markup import Markup, el
-from agent_grpo.store.image_store import ImageStore
+from agent_grpo.store.run_store import RunStore
 
 PIXELATED_BELOW = 256  # images smaller than this (longest side) are upscaled on screen
 
 
 class ImageDefs:
-    def __init__(self, store: ImageStore, max_side: int = 640):
+    def __init__(self, store: RunStore, max_side: int = 640):
+        if max_side < 1:
+            raise ValueError(f"the longest side of embedded images must be at least 1 pixel, got {max_side}")
         self.store = store
         self.max_side = max_side
         self._defs: dict[str, Markup | None] = {}
@@ -29,17 +31,22 @@ class ImageDefs:
     def ref(self, part: ImagePart) -> str | None:
         """The element id of this image's pixels, or None if the run did not store them."""
         if part.sha256 not in self._defs:
-            self._defs[part.sha256] = self._define(part) if self.store.has(part.sha256) else None
+            image = self.store.load_image(part.sha256)  # pixels checked against the hash; None if missing or damaged
+            self._defs[part.sha256] = None if image is None else self._define(part, image)
         return f"img-{part.sha256[:16]}" if self._defs[part.sha256] is not None else None
 
     def markup(self) -> Markup:
         images = [d for d in self._defs.values() if d is not None]
         return el("svg", el("defs", images), class_="defs", width=0, height=0, aria_hidden="true")
 
-    def _define(self, part: ImagePart) -> Markup:
-        image = self.store.load(part.sha256)
+    def damaged(self, part: ImagePart) -> bool:
+        return part.sha256 in self.store.damaged_images or part.sha256[:80] in self.store.damaged_images
+
+    def _define(self, part: ImagePart, image) -> Markup:
         if max(image.size) <= self.max_side:
-            uri = "data:image/png;base64," + base64.b64encode(self.store.path(part.sha256).read_bytes()).decode()
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")  # the checked pixels, not the file's bytes (which may hold more)
+            uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
         else:
             image = image.convert("RGB")
             image.thumbnail((self.max_side, self.max_side))
@@ -60,8 +67,9 @@ def figure(defs: ImageDefs, part: ImagePart, caption: str, boxes: list[tuple[Box
     if ref is not None:
         body = [el("use", href=f"#{ref}")]
     else:
+        why = "image damaged" if defs.damaged(part) else "image not stored"
         body = [el("rect", class_="missing", width=w, height=h),
-                el("text", "image not stored", x=w / 2, y=h / 2, class_="missing")]
+                el("text", why, x=w / 2, y=h / 2, class_="missing")]
     for box, cls, tip in boxes:
         body.append(el("rect", el("title", tip), class_=f"box {cls}", x=_n(box.x1), y=_n(box.y1),
                        width=_n(box.width), height=_n(box.height)))

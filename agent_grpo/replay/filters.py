@@ -10,25 +10,38 @@ from agent_grpo.store.record import IndexRow
 from agent_grpo.trajectory import Termination
 
 
-def parse_steps(spec: str | None) -> frozenset[int] | None:
-    """`"3"`, `"3,5"`, `"2-4"` or a mix -> the set of steps; None or "" -> no constraint."""
+@dataclass(frozen=True)
+class StepSet:
+    """Steps as inclusive ranges, so `--step 0-300000000` costs two integers, not a set of 3e8."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def __contains__(self, step: object) -> bool:
+        return isinstance(step, int) and any(lo <= step <= hi for lo, hi in self.ranges)
+
+
+def parse_steps(spec: str | None) -> StepSet | None:
+    """`"3"`, `"3,5"`, `"2-4"` or a mix -> those steps; None or "" -> no constraint."""
     if not spec:
         return None
-    steps: set[int] = set()
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.strip().partition("-")
-            steps.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError as e:
-        raise ValueError(f"steps must look like '3', '3,5' or '2-4', got {spec!r}") from e
-    return frozenset(steps)
+    ranges = []
+    for part in spec.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi if dash else lo)
+        except ValueError as e:
+            raise ValueError(f"steps must look like '3', '3,5' or '2-4', got {spec!r}") from e
+        if a < 0 or b < a:
+            raise ValueError(f"steps must be >= 0 and ranges ascending ('2-4'), got {part.strip()!r}")
+        ranges.append((a, b))
+    return StepSet(tuple(ranges))
 
 
 @dataclass(frozen=True)
 class Filter:
     """All given conditions must hold. Names (task, group, id) accept shell patterns like `train-*`."""
 
-    steps: frozenset[int] | None = None
+    steps: StepSet | frozenset[int] | None = None
     env: str | None = None
     task: str | None = None
     group: str | None = None

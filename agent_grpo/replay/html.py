@@ -21,6 +21,7 @@ from pathlib import Path
 from string import Template
 
 from agent_grpo.content import ImagePart, TextPart
+from agent_grpo.outputs import check_output_file, write_atomic
 from agent_grpo.replay._figures import ImageDefs, box_on_parent, figure
 from agent_grpo.replay._markup import Markup, el, esc
 from agent_grpo.replay.filters import by_group
@@ -39,29 +40,55 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-def render_report(store: RunStore, rows: Sequence[IndexRow], title: str = "agent-grpo replay", max_side: int = 640) -> str:
-    """The report's HTML for `rows` (shown grouped by group id, in order)."""
-    defs = ImageDefs(store.images, max_side=max_side)
+GENERATOR = '<meta name="generator" content="agent-grpo replay html">'  # how we know a file is our report
+
+
+def render_report(store: RunStore, rows: Sequence[IndexRow], title: str = "agent-grpo replay", max_side: int = 640,
+                  skipped: list[str] | None = None) -> str:
+    """The report's HTML for `rows` (shown grouped by group id, in order).
+
+    A damaged record is left out and described in `skipped` (and counted in the page's header);
+    a damaged image is drawn as a placeholder and noted in `store.damaged_images`."""
+    skipped = [] if skipped is None else skipped
+    defs = ImageDefs(store, max_side=max_side)
     groups = by_group(rows)
-    sections = [_group(defs, [store.read(r) for r in members], store.meta.rubric) for members in groups.values()]
-    terminations = sorted({r.termination for r in rows if r.termination})
+    sections, shown = [], []
+    for members in groups.values():
+        trajs = list(store.iter(members, skipped=skipped))
+        if trajs:
+            sections.append(_group(defs, trajs, store.meta.rubric))
+            shown += [r for r in members if r.id in {t.id for t in trajs}]
+    terminations = sorted({r.termination for r in shown if r.termination})
     css, js = _asset("report.css"), _asset("report.js")
     csp = f"default-src 'none'; img-src data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}"
-    header = _header(store, rows, len(groups), terminations)
+    header = _header(store, shown, len(sections), terminations, len(skipped))
     page = Template(_asset("report.html")).substitute(
         csp=esc(csp), title=esc(title), css=css, js=js, header=header, defs=defs.markup(), body=Markup("".join(sections)),
     )
     return page
 
 
+def is_report(path: Path) -> bool:
+    """Whether the file at `path` is a report this module wrote (so it may be replaced)."""
+    try:
+        with path.open("rb") as f:
+            return GENERATOR.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
+def check_out(store: RunStore, out: str | Path) -> Path:
+    """`out` if the report may be written there: not a folder, not another file, not inside the run."""
+    return check_output_file(out, is_report, "report", inside_not=[store.path])
+
+
 def write_report(store: RunStore, rows: Sequence[IndexRow], out: str | Path, **kwargs) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(store, rows, **kwargs), encoding="utf-8")
+    out = check_out(store, out)
+    write_atomic(out, render_report(store, rows, **kwargs))
     return out
 
 
-def _header(store: RunStore, rows: Sequence[IndexRow], n_groups: int, terminations: list[str]) -> Markup:
+def _header(store: RunStore, rows: Sequence[IndexRow], n_groups: int, terminations: list[str], damaged: int = 0) -> Markup:
     meta = store.meta
     rubric = " + ".join(f"{w:g} × {name}" for name, w in meta.rubric.items()) or "unknown"
     steps = sorted({r.step for r in rows if r.step is not None})
@@ -69,6 +96,8 @@ def _header(store: RunStore, rows: Sequence[IndexRow], n_groups: int, terminatio
         f"run {store.path}", f"env {meta.env or '?'}", f"rubric {rubric}",
         f"steps {', '.join(map(str, steps)) or '-'}", f"{n_groups} groups, {len(rows)} trajectories",
     ]
+    if damaged:
+        facts.append(f"{damaged} damaged trajectories left out")
     options = [el("option", "any", value="any")] + [el("option", t, value=t) for t in terminations]
     form = el(
         "form",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent_grpo.envs.registry import make_env
+from agent_grpo.errors import StoreError
 from agent_grpo.replay.filters import by_group, whole_groups
 from agent_grpo.rewards.rubric import Rubric
 from agent_grpo.store.meta import RunMeta
@@ -69,11 +70,20 @@ def rubric_for(meta: RunMeta, env: str | None = None, weights: dict[str, float] 
     return rubric.with_weights(**weights) if weights else rubric
 
 
-def rescore(store: RunStore, rows: Sequence[IndexRow], rubric: Rubric) -> list[Rescored]:
-    """Score the groups of `rows` with `rubric`; nothing is written back to the store."""
+def rescore(store: RunStore, rows: Sequence[IndexRow], rubric: Rubric, skipped: list[str] | None = None) -> list[Rescored]:
+    """Score the groups of `rows` with `rubric`; nothing is written back to the store.
+
+    A group with a damaged record is left out whole (its group-scope rewards need every member)
+    and described in `skipped`."""
     out = []
     for members in by_group(whole_groups(rows, store.rows)).values():
-        group = [store.read(r, images=True) for r in members]  # a rubric may look at pixels
+        damaged: list[str] = []
+        group = list(store.iter(members, images=True, skipped=damaged))  # a rubric may look at pixels
+        if damaged:
+            if skipped is None:
+                raise StoreError(damaged[0])
+            skipped += [f"{d} (its group {members[0].group_id} is not rescored)" for d in damaged]
+            continue
         before = [(t.reward, dict(t.rewards)) for t in group]
         rubric.score(group)
         for t, (old_reward, old) in zip(group, before, strict=True):

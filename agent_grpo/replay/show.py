@@ -1,7 +1,9 @@
 """`replay show`: one trajectory, turn by turn, in the terminal.
 
 Model text is always wrapped in `rich.text.Text` (never parsed as console markup), so a model
-writing `[bold]` or `[/]` shows those characters and cannot break or restyle the output.
+writing `[bold]` or `[/]` shows those characters and cannot break or restyle the output, and every
+string of the record first goes through `_text.printable`, so terminal escape sequences a model
+wrote are shown as `\x1b[...`, never sent to the terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent_grpo.content import ImagePart, TextPart
+from agent_grpo.replay._text import printable_record
 from agent_grpo.store.meta import RunMeta
 from agent_grpo.store.record import StoredRecord, correctness
 from agent_grpo.trajectory import ToolResult, Trajectory, Turn
@@ -21,6 +24,7 @@ from agent_grpo.trajectory import ToolResult, Trajectory, Turn
 
 def render(record: StoredRecord, meta: RunMeta | None = None) -> Group:
     """Everything about one stored trajectory as rich renderables."""
+    record = printable_record(record)
     traj = record.trajectory
     parts: list[RenderableType] = [_header(record), _task(traj)]
     parts += [_turn(traj, turn) for turn in traj.turns]

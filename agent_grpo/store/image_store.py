@@ -3,6 +3,10 @@
 The hash covers mode, size and raw pixels (not PNG bytes), and PNG is lossless, so an image read
 back hashes to its name; `load` checks that. Writes go through a temporary file and a rename: a
 killed writer leaves a stray `.tmp`, never a truncated PNG under a real name.
+
+A hash read from a record is data: `path` accepts only 64 lowercase hex digits and a path inside
+the store, and `load` checks the header's size before decoding, so a crafted run can neither point
+outside `images/` nor make a reader decode a PNG bomb.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from PIL import Image
 
 from agent_grpo.content import ImagePart
 from agent_grpo.errors import StoreError
-from agent_grpo.images import image_sha256, png_bytes
+from agent_grpo.images import MAX_STORED_PIXELS, image_sha256, png_bytes
+from agent_grpo.paths import UnsafePathError, contained_path, is_sha256
 
 # Tool outputs in other modes are stored as RGB (the environment converts them to RGB anyway).
 _KEPT_MODES = ("RGB", "RGBA", "L")
@@ -28,10 +33,20 @@ class ImageStore:
         self._bytes: int | None = None
 
     def path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / f"{sha256}.png"
+        """Where image `sha256` is stored; StoreError for a value that is not a sha256."""
+        if not is_sha256(sha256):
+            raise StoreError(f"image hash {str(sha256)[:80]!r} is not a sha256 (64 lowercase hex digits)")
+        try:
+            return contained_path(self.root, f"{sha256[:2]}/{sha256}.png")
+        except UnsafePathError as e:  # e.g. images/ab is a symlink out of the run
+            raise StoreError(f"image {sha256[:12]}: {e}") from e
 
     def has(self, sha256: str) -> bool:
-        return self.path(sha256).exists()
+        """Whether a file is stored under this (valid) hash; False for a value that is not a sha256."""
+        try:
+            return self.path(sha256).is_file()
+        except StoreError:
+            return False
 
     @property
     def total_bytes(self) -> int:
@@ -64,9 +79,14 @@ class ImageStore:
             raise StoreError(f"image {sha256[:12]} is not stored in {self.root}")
         try:
             with Image.open(path) as im:
-                image = im.copy()  # our own PNGs: no EXIF rotation or bomb checks needed
-        except OSError as e:
-            raise StoreError(f"cannot read stored image {path}: {e}") from e
+                # We only ever store images up to MAX_STORED_PIXELS: anything larger is not ours (a bomb?).
+                if im.width * im.height > MAX_STORED_PIXELS:
+                    raise StoreError(f"{path} claims {im.width}x{im.height} pixels, more than any stored image")
+                image = im.copy()  # our own PNGs: no EXIF rotation
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001  PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+            raise StoreError(f"cannot read stored image {path}: {type(e).__name__}: {e}") from e
         if image_sha256(image) != sha256:
             raise StoreError(f"{path} does not hold the pixels its name says (corrupt file?)")
         return image

@@ -6,6 +6,7 @@
       index.jsonl          one IndexRow a line: where each record is + what `replay list` filters on
       images/ab/ab12...png content-addressed pixels (ImageStore)
       torn/                torn last lines a writer moved aside when it reopened the run
+      superseded/          records a resumed training run redoes (`supersede_from`), moved aside
       .lock                held by the one writer
 
     with RunStore.create("runs/exp1", meta=RunMeta.from_env(env)) as store:
@@ -15,7 +16,13 @@
 
 Crash safety: images are written first (atomic renames), then the record line (one append), then
 its index row. A killed writer loses at most the trajectory it was writing; readers stop before a
-torn last line and report it (`torn`); the index is a cache rebuilt from the records when it lags.
+torn last line and report it (`torn`).
+
+The records are the truth; the index is only a cache of where each one is. On open every index row
+is checked against the records file (it must start where the previous record ended and end at a
+newline); a record without a valid row (damaged or half-written index line, stale offsets, a lost
+index) is parsed and indexed again, and `read` checks that the record it finds has the row's id
+(rebuilding the index from the records if not). A writer rewrites a repaired index atomically.
 Size cap (`ImagePolicy`): text is always kept; past `max_bytes` of PNG only one group in
 `sample_every` keeps its images (whole groups, chosen by a stable hash of the group id).
 """
@@ -28,11 +35,14 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
 from agent_grpo.errors import StoreError
+from agent_grpo.paths import is_sha256
 from agent_grpo.store import _jsonl
 from agent_grpo.store.image_store import ImageStore
 from agent_grpo.store.meta import RunMeta
@@ -44,6 +54,7 @@ INDEX = "index.jsonl"
 META = "meta.json"
 IMAGES = "images"
 TORN = "torn"
+SUPERSEDED = "superseded"
 LOCK = ".lock"
 
 
@@ -73,6 +84,8 @@ class RunStore:
         self.images = ImageStore(self.path / IMAGES, durable=durable)
         self.torn: _jsonl.TornTail | None = None  # a torn last line seen (readers) or moved aside (writers)
         self.corrupt: list[str] = []  # complete lines that are not records (should never happen)
+        self.index_notes: list[str] = []  # what was wrong with index.jsonl (it was repaired from the records)
+        self.damaged_images: dict[str, str] = {}  # sha256 -> why its stored file could not be used
         self._rows: list[IndexRow] = []
         self._by_id: dict[str, int] = {}
         self._groups: OrderedDict[str, bool] = OrderedDict()  # group id -> keeps its images
@@ -123,8 +136,14 @@ class RunStore:
                 raise StoreError(f"could not append trajectory {traj.id} to {self._file}: {e}") from e
             self._end += len(data)
             row = IndexRow.of(record, offset, len(data) - 1)
-            _jsonl.append_line(self._index_fd, _jsonl.dumps_line(row), self.durable)
-            self._add_row(row)
+            self._add_row(row)  # the record is stored: the trajectory is kept whatever happens to its index row
+            index_line = _jsonl.dumps_line(row)
+            index_end = os.lseek(self._index_fd, 0, os.SEEK_END)
+            try:
+                _jsonl.append_line(self._index_fd, index_line, self.durable)
+            except OSError as e:  # disk full: no half row left behind; the next open indexes the record again
+                os.truncate(self.path / INDEX, index_end)
+                self.index_notes.append(f"could not write the index row of {traj.id} ({e}); rebuilt from its record on the next open")
             return row
 
     def extend(self, trajectories: Iterable[Trajectory]) -> None:
@@ -162,8 +181,18 @@ class RunStore:
         return self._rows[self._by_id[traj_id]]
 
     def record(self, traj_id: str | IndexRow) -> StoredRecord:
+        """The stored record of a trajectory; StoreError if its line is damaged."""
         row = traj_id if isinstance(traj_id, IndexRow) else self.row(traj_id)
-        return self._parse(_jsonl.read_at(self._file, row.offset, row.length), row.offset)
+        record = self._checked(row)
+        if record is None:  # the index pointed at another record: it is stale, the records are the truth
+            self.index_notes.append(f"the index row of {row.id} pointed at another record; index rebuilt from the records")
+            self._rebuild_index()
+            if row.id not in self._by_id:
+                raise StoreError(f"trajectory {row.id!r} is in the index of {self.path} but not in its records")
+            record = self._checked(self.row(row.id))
+            if record is None:
+                raise StoreError(f"{self._file}: cannot find the record of trajectory {row.id!r}")
+        return record
 
     def read(self, traj_id: str | IndexRow, images: bool = False) -> Trajectory:
         """One trajectory by id; `images=True` attaches the stored pixels to its image parts."""
@@ -172,33 +201,101 @@ class RunStore:
             self.attach_images(traj)
         return traj
 
-    def iter(self, rows: Iterable[IndexRow] | None = None, images: bool = False) -> Iterator[Trajectory]:
-        """Trajectories in write order (or those of `rows`), images attached if asked."""
-        for row in self._rows if rows is None else rows:
-            yield self.read(row, images=images)
+    def iter(self, rows: Iterable[IndexRow] | None = None, images: bool = False,
+             skipped: list[str] | None = None) -> Iterator[Trajectory]:
+        """Trajectories in write order (or those of `rows`), images attached if asked.
+
+        With a `skipped` list, a damaged record is left out and described there instead of raising."""
+        for row in list(self._rows) if rows is None else rows:
+            if skipped is None:
+                yield self.read(row, images=images)
+                continue
+            try:
+                traj = self.read(row, images=images)
+            except (StoreError, KeyError) as e:
+                skipped.append(f"{row.id}: {e}")
+                continue
+            yield traj
 
     def __iter__(self) -> Iterator[Trajectory]:
         return self.iter()
 
     def attach_images(self, traj: Trajectory) -> int:
-        """Attach stored pixels to every image part of `traj`; returns how many parts have none stored."""
+        """Attach stored pixels to every image part of `traj`; returns how many parts have none stored.
+
+        A damaged file (unreadable, wrong pixels, a bomb, a bad hash) counts as not stored and is
+        noted in `damaged_images`."""
         missing = 0
         cache = {}
         for part in image_parts(traj):
             if part.has_pixels:
                 continue
             if part.sha256 not in cache:
-                cache[part.sha256] = self.images.load(part.sha256) if self.images.has(part.sha256) else None
+                cache[part.sha256] = self.load_image(part.sha256)
             if cache[part.sha256] is None:
                 missing += 1
             else:
                 part.attach(cache[part.sha256])
         return missing
 
+    def load_image(self, sha256: str) -> Image.Image | None:
+        """The stored pixels of `sha256`, or None when not stored or damaged (noted in `damaged_images`)."""
+        if sha256 in self.damaged_images or not self.images.has(sha256):
+            if not is_sha256(sha256):
+                self.damaged_images.setdefault(str(sha256)[:80], "not a sha256 (64 lowercase hex digits)")
+            return None
+        try:
+            return self.images.load(sha256)
+        except StoreError as e:
+            self.damaged_images[sha256] = str(e)
+            return None
+
     def problems(self) -> list[str]:
-        """What a reader should be told: a torn last line, unreadable lines."""
+        """What a reader should be told: a torn last line, unreadable lines, a repaired index, damaged images."""
         out = [f"torn: {self.torn.describe()} (the write was interrupted; it is ignored)"] if self.torn else []
-        return out + [f"corrupt: {c}" for c in self.corrupt]
+        out += [f"corrupt: {c}" for c in self.corrupt]
+        out += [f"index: {n}" for n in self.index_notes]
+        return out + [f"damaged image {sha[:12]}: {why}" for sha, why in self.damaged_images.items()]
+
+    # ---- resuming a training run ---------------------------------------------------------------
+
+    def supersede_from(self, step: int) -> int:
+        """Move the records of steps >= `step` aside (a resumed run redoes them); returns how many.
+
+        Training writes steps in order, so they are the end of `trajectories.jsonl`: those bytes are
+        copied to `superseded/trajectories-<time>.jsonl` (and synced) before the file is cut, so
+        nothing is lost, and the run then holds each step once, as the resumed run's metrics do."""
+        if not self.writable or self._fd < 0:
+            raise StoreError(f"{self.path} is read-only or closed; use RunStore.create")
+        with self._lock:
+            later = [i for i, r in enumerate(self._rows) if r.step is not None and r.step >= step]
+            if not later:
+                return 0
+            first = self._rows[later[0]]
+            cut, end = first.offset, _jsonl.complete_size(self._file)
+            tail = _jsonl.read_at(self._file, cut, end - cut)
+            side = self.path / SUPERSEDED / f"trajectories-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}.jsonl"
+            side.parent.mkdir(parents=True, exist_ok=True)
+            with side.open("xb") as f:
+                f.write(tail)
+                f.flush()
+                os.fsync(f.fileno())
+            keep = [r for r in self._rows[later[0]:] if r.step is None or r.step < step]  # normally none
+            kept_lines = [tail[r.offset - cut : r.offset - cut + r.length + 1] for r in keep]
+            os.truncate(self._file, cut)
+            self._end = cut
+            rows = self._rows[: later[0]]
+            self._rows, self._by_id = [], {}
+            for r in rows:
+                self._add_row(r)
+            for line in kept_lines:
+                _jsonl.append_line(self._fd, line, self.durable)
+                self._add_row(self._row_of(line[:-1], self._end))
+                self._end += len(line)
+            self._write_index()
+            return len(later)
+
+    # ---- internals -----------------------------------------------------------------------------
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -224,35 +321,102 @@ class RunStore:
         self.torn = _jsonl.cut_torn_tail(self._file, keep_dir=self.path / TORN)
         _jsonl.cut_torn_tail(self.path / INDEX)  # an index row is rebuilt from its record
         self._fd = _jsonl.open_append(self._file)
-        self._index_fd = _jsonl.open_append(self.path / INDEX)
-        self._sync_index()
-
-    def _sync_index(self) -> None:
-        """Load index rows, then index any records written after the last row (crash, lost index)."""
-        end = _jsonl.complete_size(self._file)
-        indexed = 0
-        for line in _jsonl.iter_lines(self.path / INDEX):
-            try:
-                row = IndexRow.model_validate_json(line.data)
-            except ValidationError:
-                continue  # the index is only a cache; the records below are the truth
-            if row.offset >= indexed and row.offset + row.length < end and row.id not in self._by_id:
-                self._add_row(row)
-                indexed = row.offset + row.length + 1
-        for line in _jsonl.iter_lines(self._file, start=indexed, end=end):
-            try:
-                record = self._parse(line.data, line.offset)
-            except StoreError as e:
-                self.corrupt.append(str(e))
-                continue
-            row = IndexRow.of(record, line.offset, len(line.data))
-            if row.id in self._by_id:
-                self.corrupt.append(f"line at byte {line.offset} repeats trajectory id {row.id!r}")
-                continue
-            self._add_row(row)
-            if self.writable:
+        added = self._sync_index()
+        if added is None:
+            self._write_index()  # damaged or stale: rewritten whole from the records
+        else:
+            self._index_fd = _jsonl.open_append(self.path / INDEX)
+            for row in added:  # records written after the last index row (a crash between the two writes)
                 _jsonl.append_line(self._index_fd, _jsonl.dumps_line(row), self.durable)
+
+    def _sync_index(self, use_index: bool = True) -> list[IndexRow] | None:
+        """Index every complete record, taking rows from index.jsonl where they check out.
+
+        Returns the rows index.jsonl lacks at its end (normal after a crash), or None when it must be
+        rewritten (a damaged line, a stale or misplaced row)."""
+        end = _jsonl.complete_size(self._file)
+        hints: dict[int, IndexRow] = {}
+        order: list[int] = []
+        damaged = 0
+        if use_index:
+            for line in _jsonl.iter_lines(self.path / INDEX):
+                try:
+                    row = IndexRow.model_validate_json(line.data)
+                except ValidationError:
+                    damaged += 1
+                    continue
+                hints.setdefault(row.offset, row)
+                order.append(row.offset)
+        self._rows, self._by_id = [], {}
+        added: list[IndexRow] = []
+        used = 0
+        in_order = True
+        with self._file.open("rb") if self._file.exists() else _Empty() as f:
+            pos = 0
+            while pos < end:
+                hint = hints.get(pos)
+                if hint is not None and hint.id not in self._by_id and _ends_line(f, pos, hint.length, end):
+                    self._add_row(hint)
+                    in_order = in_order and used < len(order) and order[used] == pos
+                    used += 1
+                    pos += hint.length + 1
+                    continue
+                f.seek(pos)
+                raw = f.readline()
+                try:
+                    row = self._row_of(raw[:-1], pos)
+                except StoreError as e:
+                    self.corrupt.append(str(e))
+                else:
+                    if row.id in self._by_id:
+                        self.corrupt.append(f"line at byte {pos} repeats trajectory id {row.id!r}")
+                    else:
+                        self._add_row(row)
+                        added.append(row)
+                        in_order = in_order and used == len(order)  # only rows after the last index row
+                pos += len(raw)
         self._end = end
+        stale = len(order) - used
+        if damaged or stale:
+            self.index_notes.append(
+                f"{damaged} damaged and {stale} stale row(s) in {INDEX}; {len(added)} trajectories indexed from their records"
+            )
+        elif not in_order:
+            self.index_notes.append(f"{INDEX} rows were out of order; rebuilt from the records")
+        return added if (in_order and not damaged and not stale) else None
+
+    def _rebuild_index(self) -> None:
+        """Index every record by parsing it (the index was found stale), rewriting index.jsonl if writable."""
+        self.corrupt = []
+        self._sync_index(use_index=False)
+        if self.writable:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        """Replace index.jsonl with the rows in memory (temporary file + rename), reopening it for appends."""
+        path = self.path / INDEX
+        tmp = path.with_name(INDEX + ".tmp")
+        with tmp.open("wb") as f:
+            for row in self._rows:
+                f.write(_jsonl.dumps_line(row))
+            f.flush()
+            if self.durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if self._index_fd >= 0:
+            os.close(self._index_fd)
+        self._index_fd = _jsonl.open_append(path)
+
+    def _row_of(self, data: bytes, offset: int) -> IndexRow:
+        return IndexRow.of(self._parse(data, offset), offset, len(data))
+
+    def _checked(self, row: IndexRow) -> StoredRecord | None:
+        """The record at `row`, or None if the bytes there are another trajectory's (a stale row)."""
+        data = _jsonl.read_at(self._file, row.offset, row.length + 1)
+        if len(data) != row.length + 1 or not data.endswith(b"\n") or b"\n" in data[:-1]:
+            return None
+        record = self._parse(data[:-1], row.offset)
+        return record if record.trajectory.id == row.id else None
 
     def _add_row(self, row: IndexRow) -> None:
         self._by_id[row.id] = len(self._rows)
@@ -275,3 +439,21 @@ class RunStore:
             while len(self._groups) > 100_000:  # bounded memory on very long runs
                 self._groups.popitem(last=False)
         return self._groups[group_id]
+
+
+class _Empty:
+    """Stands in for a missing records file (nothing to read)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _ends_line(f, offset: int, length: int, end: int) -> bool:
+    """Whether a line of `length` bytes starting at `offset` ends with a newline before `end`."""
+    if length < 0 or offset + length >= end:
+        return False
+    f.seek(offset + length)
+    return f.read(1) == b"\n"

@@ -14,7 +14,7 @@ from agent_grpo.replay.export import export
 def test_sft_jsonl_and_hf_folder(store, tmp_path):
     rows = [r for r in store.rows if r.correct]
     out = tmp_path / "sft"
-    assert export(store, store.iter(rows), out) == len(rows)
+    assert export(store, store.iter(rows), out).written == len(rows)
 
     lines = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
     assert [r["id"] for r in lines] == [r.id for r in rows]

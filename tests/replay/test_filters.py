@@ -8,8 +8,8 @@ from agent_grpo.replay.filters import Filter, by_group, parse_steps, whole_group
 
 
 def test_parse_steps():
-    assert parse_steps("3") == {3}
-    assert parse_steps("1,4-6") == {1, 4, 5, 6}
+    assert [s for s in range(10) if s in parse_steps("3")] == [3]
+    assert [s for s in range(10) if s in parse_steps("1,4-6")] == [1, 4, 5, 6]
     assert parse_steps(None) is None and parse_steps("") is None
     with pytest.raises(ValueError, match="2-4"):
         parse_steps("three")
