@@ -77,8 +77,9 @@ def _finish(store: RunStore, skipped: list[str], strict: bool, seen: int = 0) ->
     images = list(store.damaged_images.items())[seen:]
     for sha, why in images[:20]:
         _say(err, f"damaged image {sha[:12]}: {why}", "yellow")
-    if skipped or images:
-        _say(err, f"{len(skipped)} damaged trajectories skipped, {len(images)} damaged images left out", "yellow")
+    if skipped or images or store.corrupt:
+        _say(err, f"{len(skipped) + len(store.corrupt)} damaged trajectories skipped, {len(images)} damaged images "
+                  "left out", "yellow")
         if strict:
             raise typer.Exit(1)
 

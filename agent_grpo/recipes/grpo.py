@@ -50,8 +50,8 @@ from agent_grpo.store import ImagePolicy, RunMeta, RunStore
 from agent_grpo.train.advantages import group_advantages, select_groups
 from agent_grpo.train.checkpoint import (
     full_optimizer_state_dict,
-    latest_checkpoint,
     load_training_state,
+    resume_checkpoint,
     save_checkpoint,
 )
 from agent_grpo.train.config import TrainConfig
@@ -108,12 +108,26 @@ def check_processes(cfg: TrainConfig, accelerator: Accelerator) -> None:
 
 
 def drop_metrics_after(path: Path, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: drop the rows the stopped run wrote for them."""
+    """A resumed run repeats the steps after its checkpoint: the rows the stopped run wrote for them
+    move to `metrics.superseded.jsonl` (kept, not lost), so metrics.jsonl holds each step once."""
     if path.exists():
-        rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        rows = read_metrics(path)
+        later = [r for r in rows if r.get("step", 0) > step]
+        if not later:
+            return
+        with path.with_name(path.stem + ".superseded.jsonl").open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in later))
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
         tmp.replace(path)
+
+
+def resume_point(out_dir: Path, console: Console | None) -> Path | None:
+    """The newest complete checkpoint; `console` (the main process) is told which were skipped, and why."""
+    ckpt, notes = resume_checkpoint(out_dir, clean=console is not None)
+    for note in notes if console is not None else ():
+        console.print(f"warning: {note}", style="yellow", markup=False, highlight=False)
+    return ckpt
 
 
 def mean_across(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -155,7 +169,7 @@ class GRPORecipe:
             )
         self.step = 0
         self.data_position = 0  # tasks consumed so far, across epochs and processes
-        ckpt = latest_checkpoint(cfg.out_dir)
+        ckpt = resume_point(cfg.out_dir, self.console if self.is_main else None)
         if ckpt is not None:  # into the bare model: every process reads the same checkpoint
             load_weights(model, ckpt / "model")
         plugin = fsdp_plugin(self.accelerator)
@@ -174,8 +188,9 @@ class GRPORecipe:
             state = load_training_state(ckpt, optimizer, self.scheduler, sharded_model=sharded)
             self.step, self.data_position = state["step"], state["data_position"]
             if self.is_main:
-                drop_metrics_after(cfg.out_dir / "metrics.jsonl", self.step)
                 self.console.print(f"resumed from {ckpt} (step {self.step})")
+        if self.is_main:  # the steps after the checkpoint (all, without one) are redone: never stored twice
+            drop_metrics_after(cfg.out_dir / "metrics.jsonl", self.step)
         if self.fsdp:
             self.model, self.optimizer = model, optimizer
         else:
@@ -196,6 +211,10 @@ class GRPORecipe:
                 cfg.out_dir / "trajectories", meta=RunMeta.from_env(self.env, recipe="grpo", seed=cfg.seed),
                 images=images,
             )
+            # Trajectory steps are 0-based (rollout step s is checkpoint s + 1): from `self.step` on, redone.
+            if moved := self.store.supersede_from(self.step):
+                self.console.print(f"{moved} stored trajectories of the redone steps moved to "
+                                   f"{self.store.path / 'superseded'}", markup=False, highlight=False)
             self.logger = MetricsLogger(cfg.out_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb)
         self.monitor = InstabilityMonitor()
 

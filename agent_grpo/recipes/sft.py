@@ -33,9 +33,9 @@ from rich.progress import (
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
 from agent_grpo.models.chat import ChatFormat
-from agent_grpo.recipes.grpo import drop_metrics_after, lr_lambda, seed_everything
+from agent_grpo.recipes.grpo import drop_metrics_after, lr_lambda, resume_point, seed_everything
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams
-from agent_grpo.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from agent_grpo.train.checkpoint import load_training_state, save_checkpoint
 from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
@@ -150,13 +150,13 @@ class SFTRecipe:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0
         self.data_position = 0  # demonstrations consumed so far, across epochs
-        ckpt = latest_checkpoint(cfg.out_dir)
+        ckpt = resume_point(cfg.out_dir, self.console)
         if ckpt is not None:
             load_weights(self.model, ckpt / "model")
             state = load_training_state(ckpt, self.optimizer, self.scheduler)
             self.step, self.data_position = state["step"], state["data_position"]
-            drop_metrics_after(cfg.out_dir / "metrics.jsonl", self.step)  # the steps after it are redone
             self.console.print(f"resumed from {ckpt} (step {self.step})")
+        drop_metrics_after(cfg.out_dir / "metrics.jsonl", self.step)  # the steps after it (all, without one) are redone
         self.logger = MetricsLogger(cfg.out_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb)
 
     # ---- data ----------------------------------------------------------------------------------

@@ -239,15 +239,20 @@ class RunStore:
         return missing
 
     def load_image(self, sha256: str) -> Image.Image | None:
-        """The stored pixels of `sha256`, or None when not stored or damaged (noted in `damaged_images`)."""
-        if sha256 in self.damaged_images or not self.images.has(sha256):
-            if not is_sha256(sha256):
-                self.damaged_images.setdefault(str(sha256)[:80], "not a sha256 (64 lowercase hex digits)")
+        """The stored pixels of `sha256`, or None when not stored or damaged (noted in `damaged_images`).
+
+        Damaged: not a valid hash, a path that leaves the run (a symlink out), an unreadable file, a
+        PNG bomb, or pixels that do not hash to the name."""
+        key = sha256 if is_sha256(sha256) else str(sha256)[:80]
+        if key in self.damaged_images:
             return None
         try:
+            path = self.images.path(sha256)
+            if not path.is_file():
+                return None  # not stored (size cap): not damage
             return self.images.load(sha256)
         except StoreError as e:
-            self.damaged_images[sha256] = str(e)
+            self.damaged_images[key] = str(e)
             return None
 
     def problems(self) -> list[str]:

@@ -6,7 +6,11 @@ Layout of `OUT/checkpoints/step_000050/`:
     trainer_state.json     step, data position, optimizer param groups, scheduler state, Python/NumPy RNG
     (the torch CPU and CUDA RNG states are tensors in optimizer.safetensors)
 A checkpoint is written to a temporary folder and renamed into place, so a run killed while saving
-keeps its previous checkpoint intact; `latest_checkpoint` ignores unfinished folders.
+keeps its previous checkpoint intact. `latest_checkpoint` returns the newest *complete* checkpoint:
+one whose trainer_state.json parses and holds the step, optimizer groups and RNG states, whose
+`model/` holds a config and weights, and whose safetensors files are as long as their headers
+say (a truncated copy or a damaged disk is skipped; `resume_checkpoint` says which and why). The
+`.tmp_step_*` folder a killed save leaves is removed by the next save or resume.
 
 Under FSDP (`fsdp.py`) the optimizer state is sharded like the parameters: `full_optimizer_state_dict`
 gathers it whole into the same index-keyed layout before saving, and `load_training_state` scatters it
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +117,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_unfinished(out_dir)
     tmp.mkdir()
     from transformers.utils import logging as hf_logging
 
@@ -150,10 +156,95 @@ def checkpoint_step(ckpt: Path) -> int:
     return int(Path(ckpt).name.removeprefix("step_"))
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
+_NAME = re.compile(r"step_(\d+)")
+
+
+def remove_unfinished(out_dir: Path) -> list[Path]:
+    """Remove the `.tmp_step_*` folders of saves that were killed; returns them."""
     root = Path(out_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).exists())
-    return done[-1] if done else None
+    gone = [p for p in root.glob(".tmp_step_*") if p.is_dir() and not p.is_symlink()]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why training cannot resume from `ckpt`, or None if it is complete (see the module docstring)."""
+    ckpt = Path(ckpt)
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} is missing or unreadable ({type(e).__name__})"
+    if not isinstance(state, dict):
+        return f"{STATE_FILE} is not a JSON object"
+    rng = state.get("rng")
+    if not isinstance(rng, dict) or not {"python", "numpy"} <= rng.keys():
+        return f"{STATE_FILE} has no Python/NumPy 'rng' state"
+    if not isinstance(state.get("step"), int) or not isinstance(state.get("param_groups"), list):
+        return f"{STATE_FILE} has no 'step' or 'param_groups'"
+    model = ckpt / "model"
+    if not model.is_dir():
+        return "it has no model/ folder"
+    if not ((model / "config.json").is_file() or (model / "adapter_config.json").is_file()):
+        return "model/ has no config.json or adapter_config.json"
+    weights = sorted(model.glob("*.safetensors"))
+    if not weights:
+        return "model/ holds no *.safetensors weights"
+    for path in [*weights, ckpt / "optimizer.safetensors"]:
+        problem = _safetensors_problem(path)
+        if problem:
+            return f"{path.relative_to(ckpt)} {problem}"
+    index = model / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is unreadable"
+        if missing := sorted(f for f in files if not (model / f).is_file()):
+            return f"model/ lacks the weight files {missing}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """None if `path` is a whole safetensors file: a header, then as many bytes as it describes."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return "is truncated (in its header)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        return f"is missing or unreadable ({type(e).__name__})"
+    try:
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return "has a malformed header"
+    return None if size == 8 + n + end else f"is {size} bytes, its header describes {8 + n + end} (truncated?)"
+
+
+def resume_checkpoint(out_dir: Path, clean: bool = True) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint, and a note for each newer one skipped (and why).
+
+    `clean`: also remove unfinished `.tmp_step_*` folders (the main process, once)."""
+    notes = []
+    if clean:
+        notes += [f"removed {p}, the unfinished save of a killed run" for p in remove_unfinished(out_dir)]
+    root = Path(out_dir) / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in root.glob("step_*") if p.is_dir() and (m := _NAME.fullmatch(p.name)))
+    for _, ckpt in reversed(found):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            if notes and any(n.startswith("checkpoint") for n in notes):
+                notes.append(f"resuming from {ckpt}, the newest complete checkpoint")
+            return ckpt, notes
+        notes.append(f"checkpoint {ckpt} is incomplete ({problem}); skipped")
+    return None, notes
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint in `out_dir` (None if there is none)."""
+    return resume_checkpoint(out_dir, clean=False)[0]
 
 
 def load_training_state(ckpt: Path, optimizer, scheduler, sharded_model=None) -> dict[str, Any]:

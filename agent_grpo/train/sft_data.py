@@ -40,6 +40,7 @@ from agent_grpo.content import ImagePart, Message, TextPart
 from agent_grpo.envs.api import Environment
 from agent_grpo.errors import StoreError
 from agent_grpo.images import load_image
+from agent_grpo.paths import contained_path
 from agent_grpo.replay.filters import Filter, by_group
 from agent_grpo.rollout.driver import RolloutConfig, RolloutDriver
 from agent_grpo.rollout.engine import GenRequest, SamplingParams
@@ -308,7 +309,8 @@ def _messages(raw: list[dict], folder: Path) -> list[Message]:
                 parts.append(TextPart(text=p["text"]))
                 continue
             source = "tool" if m["role"] == "tool" else "task"
-            parts.append(ImagePart.from_pil(load_image(folder / p["image"]), observation=observation, source=source))
+            image = load_image(contained_path(folder, p["image"]))  # never a file outside the export folder
+            parts.append(ImagePart.from_pil(image, observation=observation, source=source))
             observation += 1
         messages.append(Message(role=m["role"], content=parts))
     return messages

@@ -13,6 +13,7 @@ from agent_grpo.boxes import Box
 from agent_grpo.content import ImagePart
 from agent_grpo.errors import AgentGrpoError, ImageError
 from agent_grpo.images import load_image
+from agent_grpo.paths import UnsafePathError, contained_path
 from agent_grpo.rewards import (
     HACKING_METRICS,
     RewardFn,
@@ -238,7 +239,10 @@ def image_path(root: Path, value: Any, where: str) -> Path:
     """Resolve a row's relative image path under `root`; it must exist (decoding happens later, lazily)."""
     if not isinstance(value, str) or not value.strip():
         raise DatasetError(f"{where}: 'image' must be a relative path string, got {value!r}")
-    path = (root / value).resolve()
+    try:
+        path = contained_path(root, value)  # a dataset row may not name a file outside its folder
+    except UnsafePathError as e:
+        raise DatasetError(f"{where}: {e}") from e
     if not path.is_file():
         raise DatasetError(f"{where}: image file {path} does not exist")
     return path
