@@ -4,6 +4,7 @@ that never stopped (weights, optimizer, scheduler, RNG and data position all res
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,3 +157,31 @@ def test_lora_run_resumes_from_its_adapter_checkpoint(plugin, tmp_path):
     want, got = params_of(straight.policy), params_of(resumed.policy)
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
     assert any("lora_B" in k and want[k].abs().sum() > 0 for k in want)  # the adapters did train
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_previous_one(uninterrupted, tmp_path):
+    """The step-3 checkpoint is damaged: resume says so, redoes step 3 from step 2, and the run's
+    trajectories and metrics hold step 3 once (the stopped run's copies are moved aside, not lost)."""
+    import io
+
+    from rich.console import Console
+
+    reference, _ = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    weights = out / "checkpoints" / "step_000003" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (out / "checkpoints" / ".tmp_step_000003").mkdir()  # and a save killed earlier
+    log = io.StringIO()
+    resumed = GRPORecipe(tiny_config(out, STEPS), console=Console(file=log, width=300), progress=False)
+    resumed.setup()
+    assert resumed.step == 2
+    text = log.getvalue()
+    assert "step_000003 is incomplete" in text and "truncated" in text and "resumed from" in text
+    assert not list((out / "checkpoints").glob(".tmp_*"))
+    resumed.train()
+    resumed.cleanup()
+    assert_same_run(out, reference)
+    moved = list((out / "trajectories" / "superseded").glob("*.jsonl"))
+    assert len(moved) == 1 and len(moved[0].read_text().splitlines()) == 2 * 3  # step 3's tasks x G
+    assert [r["step"] for r in read_metrics(out / "metrics.superseded.jsonl")] == [3, 3]  # train + eval rows
