@@ -29,10 +29,10 @@ from rich.text import Text
 from agent_grpo.budget import VisualBudget
 from agent_grpo.errors import AgentGrpoError
 from agent_grpo.outputs import OutputError, check_output_file, write_atomic
+from agent_grpo.replay import diff as diff_mod
 from agent_grpo.replay import export as export_mod
 from agent_grpo.replay import html as html_mod
 from agent_grpo.replay._text import printable
-from agent_grpo.replay import diff as diff_mod
 from agent_grpo.replay.export import export as export_run
 from agent_grpo.replay.filters import Filter, by_group, parse_steps
 from agent_grpo.replay.html import write_report

@@ -3,9 +3,6 @@ model's terminal escapes to the terminal (item 5), and answer bad options with a
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
 from scripted_run import build_run
 from typer.testing import CliRunner
 
@@ -128,4 +125,3 @@ def test_html_output_is_written_whole(written, tmp_path, monkeypatch):
     res = invoke("html", written[0], "--out", out)
     assert res.exit_code == 2 and "disk full" in res.output
     assert out.read_text() == good
-    shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
