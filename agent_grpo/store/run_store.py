@@ -350,6 +350,8 @@ class RunStore:
                 except ValidationError:
                     damaged += 1
                     continue
+                if row.offset >= end:
+                    continue  # a record appended since `end` was measured (a live writer): not stale, just newer
                 hints.setdefault(row.offset, row)
                 order.append(row.offset)
         self._rows, self._by_id = [], {}
@@ -460,5 +462,4 @@ def _ends_line(f, offset: int, length: int, end: int) -> bool:
     """Whether a line of `length` bytes starting at `offset` ends with a newline before `end`."""
     if length < 0 or offset + length >= end:
         return False
-    f.seek(offset + length)
-    return f.read(1) == b"\n"
+    return os.pread(f.fileno(), 1, offset + length) == b"\n"  # one byte, not a buffer-full

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from agent_grpo.boxes import Box
 from agent_grpo.errors import ToolError
@@ -87,8 +87,13 @@ class ToolCache:
         self._calls: dict[str, CachedCall] = {}
         self._lock = threading.Lock()
         self._fd = -1
+        self.damaged: list[str] = []  # lines of calls.jsonl that are not calls (they are misses, not errors)
         for line in _jsonl.iter_lines(self.path / CALLS):  # a torn last line is simply not a hit
-            call = CachedCall.model_validate_json(line.data)
+            try:
+                call = CachedCall.model_validate_json(line.data)
+            except ValidationError as e:
+                self.damaged.append(f"{CALLS}: the line at byte {line.offset} is not a cached call: {e}")
+                continue
             self._calls[call.key] = call
 
     def __len__(self) -> int:

@@ -90,3 +90,12 @@ def test_key_depends_on_tool_version_arguments_images_and_state():
 def test_bad_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="record"):
         ToolCache(tmp_path, mode="write")  # type: ignore[arg-type]
+
+
+def test_a_damaged_cache_line_is_a_miss_not_a_crash(tmp_path):
+    from agent_grpo.store.tool_cache import CALLS, ToolCache
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / CALLS).write_text('{"key": "k", "tool"\n')
+    cache = ToolCache(tmp_path, mode="replay")
+    assert len(cache) == 0 and len(cache.damaged) == 1
