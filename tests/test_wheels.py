@@ -259,10 +259,12 @@ def dists(tmp_path_factory) -> dict[str, dict[str, Path]]:
     base = tmp_path_factory.mktemp("dist")
     src = _source_copy(base / "src")
     out = base / "out"
+    # no PYTHONPATH: the isolated build environments must not see the checkout either
+    build_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for dist, (folder, _) in PACKAGES.items():
         done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(src / folder.relative_to(ROOT))],
                               capture_output=True, text=True, timeout=600, check=False, cwd=base,
-                              env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+                              env=build_env)
         assert done.returncode == 0, f"building {dist} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     found = {}
     for dist in PACKAGES:
@@ -304,7 +306,8 @@ def test_wheels_and_sdists_hold_every_package_file(dists):
         with tarfile.open(dists[dist]["sdist"]) as sdist:
             top = sdist.getnames()[0].split("/")[0]
             in_sdist = {n.removeprefix(top + "/") for n in sdist.getnames()}
-        missing = (package_files(folder, package) | {"pyproject.toml", "LICENSE"}) - in_sdist
+        licenses = set(pyproject(folder)["project"]["license-files"])
+        missing = (package_files(folder, package) | licenses | {"pyproject.toml"}) - in_sdist
         assert not missing, f"{dist} sdist lacks {sorted(missing)}"
 
 
