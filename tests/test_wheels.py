@@ -26,7 +26,6 @@ import pytest
 from packaging.requirements import Requirement
 
 import agent_grpo
-from agent_grpo.cli import version as version_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 # distribution name -> (project folder, import package)
@@ -109,6 +108,8 @@ def test_license_and_notice_files_are_declared_and_present():
 
 
 def test_version_text_lists_the_packages_and_the_ml_stack(monkeypatch):
+    from agent_grpo.cli import version as version_mod
+
     installed = {"agent-grpo-tools": "0.1.0", "agent-grpo-envs": "0.1.0", "torch": "2.13.0+cpu",
                  "transformers": "5.19.0"}
 
