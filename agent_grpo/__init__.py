@@ -31,6 +31,7 @@ from agent_grpo.trajectory import (
     Turn,
 )
 
+# The one source of the version: pyproject.toml reads it from here (CHANGELOG.md says what changed).
 __version__ = "0.1.0"
 
 __all__ = [

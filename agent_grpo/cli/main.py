@@ -18,6 +18,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from agent_grpo.cli.version import version_text
+
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print agent-grpo's, its plugin packages', torch's, transformers' and vLLM's "
+                                      "versions, and exit"),
+) -> None:
+    """Train vision-language models to think with images: tools, environments, rollouts, GRPO, replay."""
+
+
 app.add_typer(tools_app, name="tools")
 app.add_typer(envs_app, name="envs")
 app.command("train")(train)
