@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from agent_grpo.envs.api import Environment, Episode
 from agent_grpo.rollout.engine import Engine, GenRequest, SamplingParams
+from agent_grpo.rollout.stops import text_before_stop
 from agent_grpo.rollout.vision import VisionCache
 from agent_grpo.trajectory import Segment, Task, Termination, Trajectory
 
@@ -140,7 +141,8 @@ class RolloutDriver:
             sampled_text = self.chat.decode(res.token_ids)
             lv.text += sampled_text
             t1 = time.perf_counter()
-            content = _strip_end(sampled_text, self.chat.stop_strings)
+            # The message ends at the stop: the rest of a merged token that completed it is not message text.
+            content = _strip_end(text_before_stop(sampled_text, res.stop_text), self.chat.stop_strings)
             new_messages = self.env.step(lv.episode, content, truncated=res.finish_reason == "length")
             lv.env_s += time.perf_counter() - t1
             if not lv.episode.done:
