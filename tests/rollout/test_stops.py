@@ -9,7 +9,14 @@ from zoom_fixtures import TWO_ZOOMS
 
 from agent_grpo.models.chat import ChatFormat
 from agent_grpo.models.loading import load_processor
-from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams, ScriptedEngine, cut_at_stops
+from agent_grpo.rollout import (
+    HFEngine,
+    RolloutConfig,
+    RolloutDriver,
+    SamplingParams,
+    ScriptedEngine,
+    cut_at_stops,
+)
 from agent_grpo.rollout.stops import text_before_stop
 from agent_grpo.trajectory import Termination
 
