@@ -124,7 +124,8 @@ class HFEngine:
 
         Checkpoints ship sampling defaults (Qwen2.5-VL-7B-Instruct: `repetition_penalty: 1.05`, a tiny
         temperature); `generate` fills every field left unset from them. Every field that shapes the
-        distribution is set here, and `generate` runs with the model's own config blanked (`_own_config`).
+        distribution is set here, and `generate` runs with the model's own config blanked
+        (`without_checkpoint_defaults`).
         """
         sample = not params.greedy
         return GenerationConfig(
@@ -143,7 +144,7 @@ class HFEngine:
         )
 
     @contextlib.contextmanager
-    def _own_config(self):
+    def without_checkpoint_defaults(self):
         """`generate` with a blank model generation config, restored afterwards (checkpoints save it)."""
         saved = self.model.generation_config
         self.model.generation_config = GenerationConfig()
@@ -173,7 +174,7 @@ class HFEngine:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
 
         torch.manual_seed(params.seed)
-        with self._own_config():
+        with self.without_checkpoint_defaults():
             out = self.model.generate(
                 **inputs,
                 generation_config=self.generation_config(params, max_new),
