@@ -146,12 +146,14 @@ class HFEngine:
     @contextlib.contextmanager
     def without_checkpoint_defaults(self):
         """`generate` with a blank model generation config, restored afterwards (checkpoints save it)."""
-        saved = self.model.generation_config
-        self.model.generation_config = GenerationConfig()
+        # Under PEFT's wrapper `generate` reads the wrapped transformers model's config.
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        saved = model.generation_config
+        model.generation_config = GenerationConfig()
         try:
             yield
         finally:
-            self.model.generation_config = saved
+            model.generation_config = saved
 
     @torch.no_grad()
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[GenResult]:

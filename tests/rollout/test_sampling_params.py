@@ -80,3 +80,17 @@ def test_sampling_draws_from_the_raw_distribution(penalised):
         assert torch.allclose(lp.gather(-1, chosen[:, None]).squeeze(-1), torch.tensor(res.logprobs), atol=1e-4)
         not_argmax += int((chosen != logits.argmax(-1)).sum())
     assert not_argmax > 64  # of 128 (measured 125); with the checkpoint's min-p 10 (the raw argmax is penalised)
+
+
+def test_a_lora_wrapped_policy_ignores_the_checkpoint_config_too(penalised):
+    from peft import LoraConfig, get_peft_model
+
+    model, chat, favourite = penalised
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        wrapped.get_base_model().lm_head.bias[favourite] = 6.0
+    engine = HFEngine(wrapped, chat, stop_strings=("<|im_end|>",))
+    prompt = _prompt(chat)
+    [res] = engine.generate([GenRequest(token_ids=prompt)], SamplingParams(greedy=True, max_new_tokens=8))
+    assert res.token_ids == [favourite] * 8  # the penalty (3.0) would forbid repeating it
+    assert wrapped.get_base_model().generation_config.repetition_penalty == 3.0
