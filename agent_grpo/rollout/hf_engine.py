@@ -104,8 +104,9 @@ class HFEngine:
         # logprobs stay those of the raw logits over the whole vocabulary (engine.py's convention,
         # which is what the training forward computes), so sampling draws from p / (1 - s) where s is
         # the mass these tokens hold while both sides record p: importance sampling sees ratio 1 and
-        # does NOT correct for it. The gap is bounded by s (about 0 for a trained checkpoint, which
-        # never writes these tokens in assistant text; a few / V for a random tiny model).
+        # does NOT correct for it. The gap is log(1 - s) per token: about 0 for a trained checkpoint,
+        # which never writes these tokens in assistant text, but not for a random tiny model (one of
+        # them can be its argmax). Masking them in the training forward as well would close it.
         self.suppress = [vocab[t] for t in SUPPRESSED if t in vocab]
 
     @property
