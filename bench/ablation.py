@@ -7,6 +7,7 @@ Variants, each run as the full `agent-grpo demo` pipeline (same checkpoint, same
 
     .venv/bin/python bench/ablation.py --seeds 0 1 2 --jobs 2 --out runs/ablation
     .venv/bin/python bench/ablation.py --summarize-only --out runs/ablation   # re-read finished runs
+    .venv/bin/python bench/ablation.py --quick   # one tiny run of every stage, in a temporary folder (CI)
 
 Prints a markdown table (mean +- std over seeds of held-out accuracy after SFT and after GRPO, the
 gain, zoom calls, needless zooms and zoom IoU) and writes ablation.md, ablation.json and
@@ -24,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +44,21 @@ VARIANTS: dict[str, list[str]] = {
 SHARES_SFT = {"full": "no_efficiency"}
 
 
-def run_one(out: Path, variant: str, seed: int, extra: list[str]) -> tuple[str, int, float, int]:
+# --quick: one variant, one seed, the demo's own quick sizes made smaller still (a smoke run of every stage).
+QUICK_VARIANTS = ["full"]
+QUICK_SETS = ["eval.n=2", "sft.steps=2", "sft.save_every=2", "grpo.steps=1", "grpo.save_every=1"]
+
+
+def check_variants(variants: list[str], extra: list[str]) -> None:
+    """Every run's settings must resolve before hours are spent on the first ones (a renamed key fails here)."""
+    from agent_grpo.cli.demo import default_config
+    from agent_grpo.recipes.pipeline import load_pipeline_config
+
+    for variant in variants:
+        load_pipeline_config(default_config(), [*VARIANTS[variant], "sft.seed=0", "grpo.seed=0", *extra])
+
+
+def run_one(out: Path, variant: str, seed: int, extra: list[str], quick: bool = False) -> tuple[str, int, float, int]:
     folder = out / f"{variant}_s{seed}"
     if (folder / "results.json").exists():
         return variant, seed, 0.0, 0
@@ -51,7 +67,8 @@ def run_one(out: Path, variant: str, seed: int, extra: list[str]) -> tuple[str, 
         for stage in ("eval_start", "sft", "eval_sft"):
             shutil.copytree(donor / stage, folder / stage)
     sets = [*VARIANTS[variant], f"sft.seed={seed}", f"grpo.seed={seed}", *extra]
-    cmd = [str(Path(sys.executable).parent / "agent-grpo"), "demo", "--out", str(folder), "--no-progress"]
+    cmd = [sys.executable, "-m", "agent_grpo.cli.main", "demo", "--out", str(folder), "--no-progress",
+           *(["--quick"] if quick else [])]
     for s in sets:
         cmd += ["--set", s]
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,8 +153,18 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (each uses one CPU thread)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="override for every run, e.g. grpo.steps=60")
     ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="one variant, one seed, a few steps (what CI runs; output in a "
+                    "temporary folder unless --out is given)")
     args = ap.parse_args()
+    temporary = None
+    if args.quick:
+        args.seeds, args.variants, args.extra = [0], QUICK_VARIANTS, [*QUICK_SETS, *args.extra]
+        if args.out == Path("runs/ablation"):
+            temporary = tempfile.TemporaryDirectory()
+            args.out = Path(temporary.name)
+    check_variants(args.variants, args.extra)
 
+    failed = False
     if not args.summarize_only:
         # Two rounds: the variants that share their SFT stage run after the one that makes it.
         first = [v for v in args.variants if v not in SHARES_SFT]
@@ -145,14 +172,24 @@ def main() -> None:
                                                                  if v in args.variants]]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for jobs in rounds:
-                for variant, seed, seconds, rc in pool.map(lambda j: run_one(args.out, j[0], j[1], args.extra), jobs):
+                runs = pool.map(lambda j: run_one(args.out, j[0], j[1], args.extra, args.quick), jobs)
+                for variant, seed, seconds, rc in runs:
                     status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {args.out}/{variant}_s{seed}/log.txt)"
                     print(f"{variant} seed {seed}: {status} in {seconds:.0f} s", flush=True)
+                    if rc != 0:
+                        failed = True
     summary = summarize(args.out, args.seeds)
     picture = plot(args.out, args.seeds)
     print(summary["table"])
     if picture:
         print(f"curves: {picture}")
+    if failed:
+        if args.quick:
+            for log in args.out.glob("*/log.txt"):
+                print(f"---- {log}\n{log.read_text()[-4000:]}")
+        sys.exit(1)
+    if temporary is not None:
+        temporary.cleanup()
 
 
 if __name__ == "__main__":

@@ -331,20 +331,14 @@ def run_b(s: Setup, prepared: list[tuple[dict, Call]], params: SamplingParams, s
     for (inputs, call), seed in zip(prepared, seeds, strict=True):
         width = inputs["input_ids"].shape[1]
         steps = max(len(g) for g in call.generated)
+        config = s.engine.generation_config(params, steps)
+        config.return_dict_in_generate, config.output_logits = False, False
         torch.manual_seed(seed)
         c0, t0 = time.process_time(), time.perf_counter()
-        out = s.model.generate(
-            **inputs,
-            do_sample=not params.greedy,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            max_new_tokens=steps,
-            eos_token_id=list(s.engine.stop_token_ids),
-            pad_token_id=s.engine.pad_id,
-            suppress_tokens=getattr(s.engine, "suppress", None) or None,
-            logits_processor=forcing(call.generated, width, fill),
-        )
+        with s.engine.without_checkpoint_defaults():  # the engine's exact sampling settings, minus the logits
+            out = s.model.generate(
+                **inputs, generation_config=config, logits_processor=forcing(call.generated, width, fill)
+            )
         total, cpu = total + time.perf_counter() - t0, cpu + time.process_time() - c0
         outputs.append(out[:, width:])
     return total, cpu, outputs
@@ -426,7 +420,10 @@ def parse_args(argv=None):
     p.add_argument("--image-cache-mb", type=int, help="HFEngine's image cache (0: off; default: the engine's)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also cProfile one rollout and print the top N")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): what CI runs so the script never rots")
     args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.batch, args.group_size, args.turns = 1, 4, 2, 2
     if args.batch % args.group_size:
         p.error(f"--batch ({args.batch}) must be a multiple of --group-size ({args.group_size}); change either")
     if args.turns < 1 or args.repeats < 1:

@@ -153,7 +153,7 @@ def build_task(args) -> Task:
     model, processor = build_tiny_model(size=args.size, seed=0)
     chat = ChatFormat(processor)
     env = make_env("visual-search", allow_tools=False)
-    tasks = list(env.load_tasks(n=args.prompts, seed=0))
+    tasks = equal_length_tasks(env, chat, args.prompts)
     views = [env.budget.view(t.images[0].pil, "task") for t in tasks]
     prompts = []
     for t in tasks:
@@ -168,6 +168,25 @@ def build_task(args) -> Task:
                 args.group_size, args.completion_tokens)
     check_task(task)
     return task
+
+
+def equal_length_tasks(env, chat, n: int) -> list:
+    """The first `n` tasks whose prompts all have the same number of tokens (questions differ in length).
+
+    Equal lengths mean no padding on either side, so both count exactly the same tokens.
+    """
+    candidates = list(env.load_tasks(n=max(40, 10 * n), seed=0))
+    by_length: dict[int, list] = {}
+    for t in candidates:
+        ep = env.start(t)
+        text = chat.render_text(ep.trajectory.messages, None, add_generation_prompt=True)
+        views = [env.budget.view(img.pil, img.source) for img in ep.images]
+        by_length.setdefault(len(chat.encode(text, views)), []).append(t)
+        env.close(ep)
+    length, same = max(by_length.items(), key=lambda kv: len(kv[1]))
+    if len(same) < n:
+        raise RuntimeError(f"only {len(same)} of {len(candidates)} tasks share a prompt length ({length}); lower --prompts")
+    return same[:n]
 
 
 def rollout_config(args) -> RolloutConfig:
@@ -518,7 +537,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also cProfile one of our steps per mode, top N")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): what CI runs so the script never rots")
     args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats, args.warmup_steps, args.prompts, args.group_size, args.completion_tokens = 1, 1, 1, 2, 2, 24
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if bad := [m for m in args.modes if m not in MODES]:
         p.error(f"--modes {bad}: choose from {', '.join(MODES)}")

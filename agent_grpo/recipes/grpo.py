@@ -68,10 +68,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg, passes_per_step: int = 1):
+    """`LambdaLR` factor by optimizer pass, for a schedule laid out in training steps.
+
+    `optim.warmup_steps` and `steps` count training steps. The scheduler is stepped after every
+    optimizer pass and a training step makes `passes_per_step` of them (GRPO: `loss.num_iterations`),
+    so pass `i` belongs to training step `i // passes_per_step`, and every pass of a step trains at that
+    step's rate. Laid out in passes instead, `num_iterations: 2` would halve the warm-up and train the
+    second half of the run at lr 0.
+    """
+    if passes_per_step < 1:
+        raise ValueError(f"passes_per_step must be >= 1, got {passes_per_step}")
     warmup, total, kind = cfg.optim.warmup_steps, cfg.steps, cfg.optim.schedule
 
-    def factor(step: int) -> float:
+    def factor(optimizer_pass: int) -> float:
+        step = optimizer_pass // passes_per_step
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
@@ -82,6 +93,11 @@ def lr_lambda(cfg: TrainConfig):
         return 1.0
 
     return factor
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The GRPO run's schedule; `grpo_update` steps it after each of its `loss.num_iterations` passes."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, passes_per_step=cfg.loss.num_iterations))
 
 
 def check_processes(cfg: TrainConfig, accelerator: Accelerator) -> None:
@@ -182,7 +198,7 @@ class GRPORecipe:
         optimizer = torch.optim.AdamW(
             trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        self.scheduler = lr_scheduler(optimizer, cfg)
         if ckpt is not None:
             sharded = model if self.fsdp else None
             state = load_training_state(ckpt, optimizer, self.scheduler, sharded_model=sharded)

@@ -147,7 +147,8 @@ class SFTRecipe:
         self.optimizer = torch.optim.AdamW(
             trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        # sft_update makes one optimizer pass per step, so the schedule is laid out in passes = steps.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, passes_per_step=1))
         self.step = 0
         self.data_position = 0  # demonstrations consumed so far, across epochs
         ckpt = resume_point(cfg.out_dir, self.console)

@@ -6,8 +6,9 @@ from agent_grpo.rollout.engine import Engine, GenRequest, GenResult, SamplingPar
 from agent_grpo.rollout.hf_engine import HFEngine
 from agent_grpo.rollout.logprobs import forward_logprobs
 from agent_grpo.rollout.scripted import ScriptedEngine
+from agent_grpo.rollout.stops import cut_at_stops
 
 __all__ = [
     "Engine", "GenRequest", "GenResult", "HFEngine", "RolloutConfig", "RolloutDriver", "SamplingParams",
-    "ScriptedEngine", "TrainBatch", "assemble_batch", "forward_logprobs",
+    "ScriptedEngine", "TrainBatch", "assemble_batch", "cut_at_stops", "forward_logprobs",
 ]

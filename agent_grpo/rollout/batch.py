@@ -5,8 +5,10 @@ Every per-token tensor is aligned on *target* tokens: `loss_mask[b, t] = 1` mean
 was sampled by the policy, and `old_logprobs[b, t]` is its sampling logprob (the model predicts it
 from position t - 1).
 
-Image tokens and image features are checked here, once: each row's `<|image_pad|>` count must equal
-the patches of its own images, or a `BatchError` names the trajectory. Images are never dropped.
+Image tokens and image features are checked here, once, per image: a row's images are taken in the
+order of their placeholders (the order of the image parts in its messages, which is what the chat
+template rendered), and each run of `<|image_pad|>` tokens must equal the features of the image at
+that place, or a `BatchError` names the trajectory. Images are never dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from agent_grpo.budget import VisualBudget
+from agent_grpo.content import ImagePart, Message
 from agent_grpo.errors import BatchError
 from agent_grpo.models.mrope import mm_token_type_ids
 from agent_grpo.rollout.vision import VisionCache
@@ -41,6 +44,54 @@ class TrainBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+
+def placeholder_images(traj: Trajectory) -> list[ImagePart]:
+    """The trajectory's images in the order of their placeholders in its tokens.
+
+    That is the order of the image parts in its messages (what the chat template rendered), which need
+    not be `traj.images`' order (an environment's prompt may show its images in any order). A trajectory
+    whose messages hold no image (one built from token segments alone, e.g. a pretraining sample) lists
+    its images in token order.
+    """
+    if not any(m.images for m in traj.messages):
+        return list(traj.images)
+    return images_in_messages(traj.messages, traj.images, traj.id)
+
+
+def images_in_messages(messages: list[Message], images: list[ImagePart], trajectory_id: str) -> list[ImagePart]:
+    """The image parts of `messages` in rendering order, as the entries of `images` (which hold the pixels)."""
+    by_key = {(img.observation, img.sha256): img for img in images}
+    ordered = []
+    for message in messages:
+        for part in message.images:
+            img = by_key.get((part.observation, part.sha256))
+            if img is None:
+                raise BatchError(
+                    f"trajectory {trajectory_id}: a message shows image {part.observation} ({part.sha256[:12]}), "
+                    f"which is not among its {len(images)} images (an environment's prompt must show the admitted "
+                    "images `Environment.prompt` is given, not the task's own)"
+                )
+            ordered.append(img)
+    return ordered
+
+
+def check_image_tokens(trajectory_id: str, ids: list[int], image_token_id: int, expected: list[int]) -> None:
+    """Each run of image tokens in `ids` must have the length its image's features need, in order."""
+    runs: list[int] = []
+    previous = None
+    for t in ids:
+        if t == image_token_id:
+            if previous == image_token_id:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        previous = t
+    if runs != expected:
+        raise BatchError(
+            f"trajectory {trajectory_id}: its text has image-token runs {runs} but its {len(expected)} images "
+            f"in placeholder order give {expected} features; tokens and images went out of sync"
+        )
 
 
 def assemble_batch(
@@ -70,17 +121,12 @@ def assemble_batch(
                 old += [0.0] * len(seg.token_ids)
         if not ids:
             raise BatchError(f"trajectory {traj.id} has no tokens (was it produced by the rollout driver?)")
-        expected = sum(cache.num_tokens(img) for img in traj.images)
-        found = sum(1 for t in ids if t == chat.image_token_id)
-        if found != expected:
-            raise BatchError(
-                f"trajectory {traj.id}: {found} image tokens in its text but its {len(traj.images)} images give "
-                f"{expected} features; tokens and images went out of sync"
-            )
+        ordered = placeholder_images(traj)
+        check_image_tokens(traj.id, ids, chat.image_token_id, [cache.num_tokens(img) for img in ordered])
         rows.append(ids)
         masks.append(loss)
         olds.append(old)
-        images += traj.images
+        images += ordered
 
     width = max(len(r) for r in rows)
     B = len(rows)

@@ -19,7 +19,9 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from agent_grpo.envs.api import Environment, Episode
+from agent_grpo.rollout.batch import images_in_messages
 from agent_grpo.rollout.engine import Engine, GenRequest, SamplingParams
+from agent_grpo.rollout.stops import text_before_stop
 from agent_grpo.rollout.vision import VisionCache
 from agent_grpo.trajectory import Segment, Task, Termination, Trajectory
 
@@ -112,7 +114,8 @@ class RolloutDriver:
 
     def _start(self, ep: Episode) -> _Live:
         text = self.chat.render_text(ep.trajectory.messages, self.tool_schemas, add_generation_prompt=True)
-        views = [self._vision.view(img) for img in ep.images]
+        # Views in placeholder order (the prompt's image parts), not `ep.images`' order: the engine pairs them by position.
+        views = [self._vision.view(img) for img in images_in_messages(ep.trajectory.messages, ep.images, ep.trajectory.id)]
         ids = self.chat.encode(text, views)
         live = _Live(episode=ep, token_ids=ids, text=text, views=views)
         live.segments.append(Segment(kind="prompt", token_ids=ids, turn=0))
@@ -140,7 +143,8 @@ class RolloutDriver:
             sampled_text = self.chat.decode(res.token_ids)
             lv.text += sampled_text
             t1 = time.perf_counter()
-            content = _strip_end(sampled_text, self.chat.stop_strings)
+            # The message ends at the stop: the rest of a merged token that completed it is not message text.
+            content = _strip_end(text_before_stop(sampled_text, res.stop_text), self.chat.stop_strings)
             new_messages = self.env.step(lv.episode, content, truncated=res.finish_reason == "length")
             lv.env_s += time.perf_counter() - t1
             if not lv.episode.done:

@@ -6,6 +6,9 @@ backend implement the same two methods, so a new backend never touches the drive
 Logprob convention (both backends): the log-probability of each sampled token under
 `softmax(logits / temperature)` of the unmodified model logits (no top-k/top-p renormalisation),
 which is exactly what the training forward computes, so the two can be compared token by token.
+Tokens an engine never lets the model write (vision placeholders, `<|im_start|>`) are taken out of the
+distribution it samples from but stay in that normaliser, on both sides: importance sampling cannot see
+that gap (at most the mass those tokens hold; see `hf_engine.py`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Hugging Face `generate` backend (CPU and GPU).
 
 Requests are left-padded into one batch with all their images; generation stops on the stop tokens
-(`</tool_call>`, `</answer>`, end of turn) or on stop strings the tokenizer splits into several
-tokens. Sampling logprobs come from the raw logits (`output_logits=True`), see `engine.py`.
+(`</tool_call>`, `</answer>`, end of turn), and every row is cut at its earliest stop token or stop
+string (`stops.py`; with the real Qwen tokenizer `</answer>` is three tokens). Sampling is exactly
+`SamplingParams` (the checkpoint's `generation_config.json` is ignored, see `generation_config`).
+Sampling logprobs come from the raw logits (`output_logits=True`), see `engine.py`.
 
 Image features are cached by pixel hash (`_ImageInputCache`): a trajectory sends all its images again
 every turn and a group's trajectories share their prompt images, so each distinct image is
@@ -11,15 +13,18 @@ preprocessed once (bench/rollout_overhead.py measured this at ~5% of a tiny-mode
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
+from transformers import GenerationConfig
 
 from agent_grpo.images import image_sha256
 from agent_grpo.models.mrope import mm_token_type_ids
 from agent_grpo.rollout.engine import GenRequest, GenResult, SamplingParams
+from agent_grpo.rollout.stops import cut_at_stops, earliest_stop_string
 
 SUPPRESSED = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|im_start|>")
 
@@ -95,8 +100,13 @@ class HFEngine:
         self.image_token_id = chat.image_token_id
         self._image_inputs = _ImageInputCache(chat.image_inputs, image_cache_mb * 2**20)
         # The model must never write vision placeholders itself: an `<|image_pad|>` it samples would
-        # claim an image that does not exist. Recorded logprobs stay those of the raw logits (see
-        # engine.py); the mass these tokens lose is what importance sampling corrects for.
+        # claim an image that does not exist, so generate sets their logits to -inf. The recorded
+        # logprobs stay those of the raw logits over the whole vocabulary (engine.py's convention,
+        # which is what the training forward computes), so sampling draws from p / (1 - s) where s is
+        # the mass these tokens hold while both sides record p: importance sampling sees ratio 1 and
+        # does NOT correct for it. The gap is log(1 - s) per token: about 0 for a trained checkpoint,
+        # which never writes these tokens in assistant text, but not for a random tiny model (one of
+        # them can be its argmax). Masking them in the training forward as well would close it.
         self.suppress = [vocab[t] for t in SUPPRESSED if t in vocab]
 
     @property
@@ -109,6 +119,42 @@ class HFEngine:
     def clear_image_cache(self) -> None:
         """Forget preprocessed images (they never go stale: the cache is keyed by pixels)."""
         self._image_inputs.clear()
+
+    def generation_config(self, params: SamplingParams, max_new_tokens: int) -> GenerationConfig:
+        """Exactly `params`, and nothing from the checkpoint's `generation_config.json`.
+
+        Checkpoints ship sampling defaults (Qwen2.5-VL-7B-Instruct: `repetition_penalty: 1.05`, a tiny
+        temperature); `generate` fills every field left unset from them. Every field that shapes the
+        distribution is set here, and `generate` runs with the model's own config blanked
+        (`without_checkpoint_defaults`).
+        """
+        sample = not params.greedy
+        return GenerationConfig(
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=params.top_k if sample else None,  # 0: off
+            repetition_penalty=1.0,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=list(self.stop_token_ids) or None,
+            pad_token_id=self.pad_id,
+            suppress_tokens=self.suppress or None,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+
+    @contextlib.contextmanager
+    def without_checkpoint_defaults(self):
+        """`generate` with a blank model generation config, restored afterwards (checkpoints save it)."""
+        # Under PEFT's wrapper `generate` reads the wrapped transformers model's config.
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        saved = model.generation_config
+        model.generation_config = GenerationConfig()
+        try:
+            yield
+        finally:
+            model.generation_config = saved
 
     @torch.no_grad()
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[GenResult]:
@@ -131,20 +177,12 @@ class HFEngine:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
 
         torch.manual_seed(params.seed)
-        out = self.model.generate(
-            **inputs,
-            do_sample=not params.greedy,
-            temperature=params.temperature if not params.greedy else None,
-            top_p=params.top_p if not params.greedy else None,
-            top_k=params.top_k if not params.greedy else None,
-            max_new_tokens=max_new,
-            eos_token_id=list(self.stop_token_ids) or None,
-            pad_token_id=self.pad_id,
-            suppress_tokens=self.suppress or None,
-            return_dict_in_generate=True,
-            output_logits=True,
-            logits_processor=self.logits_processors(requests, width) if self.logits_processors else None,
-        )
+        with self.without_checkpoint_defaults():
+            out = self.model.generate(
+                **inputs,
+                generation_config=self.generation_config(params, max_new),
+                logits_processor=self.logits_processors(requests, width) if self.logits_processors else None,
+            )
         new_tokens = out.sequences[:, width:]  # [B, N]
         # One step at a time: a [B, N, V] stack of all steps would be gigabytes with a real vocabulary.
         token_lp = torch.stack(
@@ -161,39 +199,19 @@ class HFEngine:
         ]
 
     def _finish(self, tokens: list[int], lps: list[float], limit: int, params: SamplingParams) -> GenResult:
-        """Cut one row at its first stop (kept) or at its own token limit."""
+        """Cut one row at its earliest stop (kept) or at its own token limit."""
         limit = min(limit, params.max_new_tokens)
-        for j, tok in enumerate(tokens[:limit]):
-            if tok in self.stop_token_ids:
-                return GenResult(token_ids=tokens[: j + 1], logprobs=lps[: j + 1], finish_reason="stop",
-                                 stop_text=self.stop_token_ids[tok])
-        if self.stop_texts:
-            cut = self._find_stop_text(tokens[:limit])
-            if cut is not None:
-                j, text = cut
-                return GenResult(token_ids=tokens[: j + 1], logprobs=lps[: j + 1], finish_reason="stop", stop_text=text)
-        return GenResult(token_ids=tokens[:limit], logprobs=lps[:limit], finish_reason="length")
+        kept, stopped = cut_at_stops(tokens[:limit], self.stop_token_ids, self.stop_texts, self._decode)
+        if not stopped:
+            return GenResult(token_ids=kept, logprobs=lps[: len(kept)], finish_reason="length")
+        return GenResult(token_ids=kept, logprobs=lps[: len(kept)], finish_reason="stop", stop_text=self._stop_of(kept))
 
-    def _find_stop_text(self, tokens: list[int]) -> tuple[int, str] | None:
-        """Index of the token that completes the earliest multi-token stop string.
+    def _stop_of(self, kept: list[int]) -> str:
+        """Which stop ended a cut row: its last token, or else the stop string its text contains first."""
+        if kept[-1] in self.stop_token_ids:
+            return self.stop_token_ids[kept[-1]]
+        found = earliest_stop_string(self._decode(kept), self.stop_texts)  # cut_at_stops cut right there
+        return found[1] if found else ""
 
-        "The decoded prefix contains a stop" only turns true as the prefix grows, so a binary search
-        needs O(log n) decodes instead of one per token.
-        """
-        decode = self.tokenizer.decode
-
-        def hit(j: int) -> str | None:
-            text = decode(tokens[: j + 1], skip_special_tokens=False)
-            found = [(text.index(s), s) for s in self.stop_texts if s in text]
-            return min(found)[1] if found else None
-
-        if not tokens or hit(len(tokens) - 1) is None:
-            return None
-        lo, hi = 0, len(tokens) - 1  # hi always hits
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if hit(mid) is None:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo, hit(lo)
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)

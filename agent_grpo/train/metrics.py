@@ -10,7 +10,6 @@ import json
 import math
 import statistics
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -91,32 +90,41 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class InstabilityMonitor:
-    """Warns (once per kind) when training looks unstable; returns the warnings it raised this step."""
+    """Flags runs that look unstable: one warning per event, returned for the caller to show.
+
+    An event starts on the step a condition first holds and lasts while it keeps holding; it is reported
+    on its first step only, and again only after the condition has cleared and come back. The monitor
+    only returns its warnings (the recipe prints them), so each event is reported exactly once.
+    """
 
     def __init__(self, patience: int = 5, kl_limit: float = 1.0, grad_factor: float = 10.0):
         self.patience = patience
         self.kl_limit = kl_limit
         self.grad_factor = grad_factor
         self.history: list[dict[str, float]] = []
-        self.raised: set[str] = set()
+        self.active: set[str] = set()  # kinds of the events going on at the last step
 
     def check(self, metrics: dict[str, float]) -> list[str]:
+        """Add a step's metrics; returns the warnings of the events that start at this step."""
         self.history.append(metrics)
-        found = []
+        found: dict[str, str] = {}  # kind -> message
         recent = self.history[-self.patience :]
         calls = [m.get("tool_calls_per_traj", 0.0) for m in self.history]
         if len(calls) > self.patience and max(calls[: -self.patience]) > 0.5:
             if all(m.get("tool_calls_per_traj", 0.0) < 0.1 * max(calls) for m in recent):
-                found.append("tool use collapsed: calls per trajectory fell below 10% of their peak")
+                found["tool_collapse"] = "tool use collapsed: calls per trajectory fell below 10% of their peak"
         if metrics.get("kl", 0.0) > self.kl_limit:
-            found.append(f"KL to the reference is {metrics['kl']:.3g} (> {self.kl_limit}); lower lr or raise beta")
-        norms = [m["grad_norm"] for m in self.history[:-1] if "grad_norm" in m]
-        if len(norms) >= 3 and metrics.get("grad_norm", 0.0) > self.grad_factor * statistics.median(norms):
-            found.append(f"grad norm {metrics['grad_norm']:.3g} is over {self.grad_factor}x its median")
+            found["kl"] = f"KL to the reference is {metrics['kl']:.3g} (> {self.kl_limit}); lower lr or raise beta"
+        norm = metrics.get("grad_norm")
+        # A step without learning signal (every advantage 0) has grad norm 0: it says nothing about the
+        # usual scale, and a median of 0 would make every later step look like a spike.
+        norms = [m["grad_norm"] for m in self.history[:-1] if 0.0 < m.get("grad_norm", 0.0) < math.inf]
+        if norm is not None and not math.isfinite(norm):
+            found["grad_norm"] = f"grad norm is {norm}: the update diverged; lower lr"
+        elif norm is not None and len(norms) >= 3 and norm > self.grad_factor * statistics.median(norms):
+            found["grad_norm"] = f"grad norm {norm:.3g} is over {self.grad_factor}x its median"
         if len(recent) == self.patience and all(m.get("zero_variance_groups", 0.0) >= 1.0 for m in recent):
-            found.append(f"every group had identical rewards for {self.patience} steps: no learning signal")
-        new = [w for w in found if w.split(":")[0] not in self.raised]
-        for w in new:
-            self.raised.add(w.split(":")[0])
-            warnings.warn(w, stacklevel=2)
-        return found
+            found["no_signal"] = f"every group had identical rewards for {self.patience} steps: no learning signal"
+        new = [message for kind, message in found.items() if kind not in self.active]
+        self.active = set(found)
+        return new

@@ -185,11 +185,14 @@ def test_real_qwen_tokenizer_and_config_run_a_zoom_rollout(zoom_env):
     chat = ChatFormat(load_processor(fixture))
     model = build_from_config(fixture, num_layers=1, hidden=64, vision_depth=1).eval()
     assert chat.stop_token_ids and "</answer>" not in chat.tokenizer.get_vocab()  # must stop by string
-    engine = HFEngine(model, chat, logits_processors=ForceScript(chat, lambda key, turn: TWO_ZOOMS[::2][turn]))
+    # The answer turn runs on past `</answer>` (then `<|im_end|>`, forced): the stop string must cut it.
+    script = [TWO_ZOOMS[0], TWO_ZOOMS[2] + " The answer is 3."]
+    engine = HFEngine(model, chat, logits_processors=ForceScript(chat, lambda key, turn: script[turn]))
     config = RolloutConfig(group_size=1, max_total_tokens=2048, sampling=SamplingParams(max_new_tokens=64))
     [traj] = RolloutDriver(zoom_env, engine, chat, config).rollout(zoom_env.load_tasks(n=1))
     assert traj.termination == Termination.ANSWERED
-    assert traj.turns[-1].text.endswith("</answer>")  # the multi-token stop string ended the turn
+    assert traj.turns[-1].text == TWO_ZOOMS[2]  # the multi-token stop string ended the turn
+    assert chat.decode(traj.segments[-1].token_ids) == TWO_ZOOMS[2]  # and its tokens
     assert len(traj.images) == 2 and traj.images[1].source == "tool"
     batch = assemble_batch([traj], chat, zoom_env.budget)
     with torch.no_grad():
@@ -232,28 +235,3 @@ def test_engine_image_cache_gives_the_processor_s_exact_pixels(tiny, zoom_env):
     assert torch.equal(again["pixel_values"], fresh["pixel_values"])
     assert torch.equal(again["image_grid_thw"], fresh["image_grid_thw"])
     assert torch.equal(first["pixel_values"], chat.image_inputs(views)["pixel_values"])
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("<think>a</think><answer>7</answer> trailing", "</answer>"),
-    ("no stop here at all", None),
-    ("x</tool_call>y</answer>", "</tool_call>"),
-])
-def test_multi_token_stop_strings_cut_at_the_earliest_stop(text, expected):
-    from pathlib import Path
-
-    from agent_grpo.models.chat import ChatFormat
-    from agent_grpo.models.loading import load_processor
-
-    chat = ChatFormat(load_processor(Path(__file__).resolve().parents[1] / "fixtures" / "qwen2_5_vl_7b_instruct"))
-    engine = HFEngine.__new__(HFEngine)
-    engine.tokenizer, engine.stop_texts = chat.tokenizer, ("</answer>", "</tool_call>")
-    tokens = chat.tokenizer.encode(text, add_special_tokens=False)
-    cut = engine._find_stop_text(tokens)
-    if expected is None:
-        assert cut is None
-        return
-    j, stop = cut
-    assert stop == expected
-    prefix = chat.decode(tokens[: j + 1])
-    assert expected in prefix and expected not in chat.decode(tokens[:j])
