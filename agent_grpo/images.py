@@ -61,9 +61,52 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_D
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name} could not be decoded (truncated or corrupt?): {e}") from e
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return image
+    return to_rgb(image)
+
+
+# Where transparent pixels are composited: a defined colour, never whatever colour they hide.
+BACKGROUND = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """An 8-bit RGB copy of any PIL image: high bit depths scaled, transparency composited on `background`.
+
+    PIL's own `convert("RGB")` clips 16-bit and float pixels to 255 (a 16-bit PNG turns white) and drops
+    alpha, showing the colour transparent pixels happen to hold.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _scale_to_8bit(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """A single-channel 16-bit, 32-bit or float image as 8-bit grey, scaled rather than clipped.
+
+    16-bit data (`I;16*`, or `I` holding values up to 65535, as 16-bit PNGs decode) is divided by 257;
+    floats in [0, 1] are multiplied by 255; anything else is stretched from its own minimum to maximum.
+    """
+    import numpy as np
+
+    values = np.asarray(image).astype(np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and lo >= 0 and hi <= 65535 and hi > 255):
+        scaled = values / 257.0
+    elif image.mode == "I" and lo >= 0 and hi <= 255:
+        scaled = values
+    elif image.mode == "F" and lo >= 0 and hi <= 1:
+        scaled = values * 255.0
+    else:
+        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
 def image_sha256(image: Image.Image) -> str:

@@ -31,7 +31,7 @@ from PIL import Image
 from agent_grpo.boxes import Box
 from agent_grpo.budget import BudgetUsage, VisualBudget
 from agent_grpo.content import ImagePart, Message, TextPart
-from agent_grpo.images import MAX_STORED_PIXELS, fit_pixels
+from agent_grpo.images import MAX_STORED_PIXELS, fit_pixels, to_rgb
 from agent_grpo.parsing import parse_turn
 from agent_grpo.rewards.rubric import Rubric
 from agent_grpo.tools.api import ToolContext
@@ -281,7 +281,7 @@ class Environment:
         if run.output.text:
             result.content.append(TextPart(text=run.output.text))
         # Check the whole output against the budget first: a tool's images are admitted all or none.
-        pils = [fit_pixels(out.image.convert("RGB"), MAX_STORED_PIXELS) for out in run.output.images]
+        pils = [fit_pixels(to_rgb(out.image), MAX_STORED_PIXELS) for out in run.output.images]
         trial = episode.usage.model_copy()
         for pil in pils:
             refusal = trial.can_add_image(self.budget, pil.width, pil.height)
