@@ -123,6 +123,18 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+MAX_ASPECT_RATIO = 200  # Qwen-VL's image processor refuses longer / shorter sides beyond this
+
+
+def image_size_problem(width: int, height: int) -> str | None:
+    """Why an image of this size cannot be shown to a Qwen-VL model, or None if it can."""
+    if min(height, width) < 1:
+        return f"image size must be positive, got {width}x{height}"
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        return f"aspect ratio over {MAX_ASPECT_RATIO} is not supported by Qwen-VL, got {width}x{height}"
+    return None
+
+
 def smart_resize(
     height: int, width: int, min_pixels: int = 4 * FACTOR * FACTOR, max_pixels: int = 1280 * FACTOR * FACTOR
 ) -> tuple[int, int]:
@@ -131,10 +143,9 @@ def smart_resize(
     Both sides become multiples of 28 with the aspect ratio kept as well as rounding allows and
     `min_pixels <= h * w <= max_pixels`. Same rule as transformers' `smart_resize`.
     """
-    if min(height, width) < 1:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio over 200 is not supported by Qwen-VL, got {width}x{height}")
+    problem = image_size_problem(width, height)
+    if problem is not None:
+        raise ValueError(problem)
     h = max(FACTOR, round(height / FACTOR) * FACTOR)
     w = max(FACTOR, round(width / FACTOR) * FACTOR)
     if h * w > max_pixels:
