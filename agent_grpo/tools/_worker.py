@@ -95,7 +95,11 @@ def _run(request: dict[str, Any]) -> bytes:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when its parent dies, even while a tool hangs (best effort)."""
+    """Ask Linux to kill this worker when its parent dies, even while a tool hangs (best effort).
+
+    Linux ties the signal to the parent *thread*: only asked for when the main thread started the worker.
+    Otherwise the parent's exit handler kills it, and an idle worker exits when its socket closes.
+    """
     try:
         import ctypes
 
@@ -104,9 +108,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def main(fd: int) -> None:
+def main(fd: int, from_main_thread: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _die_with_parent()
+    if from_main_thread:
+        _die_with_parent()
     conn = Connection(fd)
     try:
         import agent_grpo.tools.api  # noqa: F401  (the imports every call needs, before saying ready)

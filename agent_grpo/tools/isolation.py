@@ -19,6 +19,7 @@ import atexit
 import logging
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -73,10 +74,13 @@ class _Worker:
     cached: dict[str, None] = field(default_factory=dict)  # sha256 of the images it holds, oldest first
 
     def kill(self) -> None:
+        try:  # the whole process group: whatever the tool started goes too
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
         try:
-            self.proc.kill()
             self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
             pass
         self.conn.close()
 
@@ -107,7 +111,7 @@ class ToolWorkers:
         self.max_workers = max_workers
         self.isolate = isolate
         self._workers: list[_Worker] = []
-        self._refs: dict[str, tuple[str, str] | None] = {}  # tool name -> import path (None: in-process)
+        self._refs: dict[Any, tuple[str, str] | None] = {}  # tool function -> import path (None: in-process)
         self._lock = threading.Lock()  # one batch at a time: workers are not shared between batches
         _ALL.add(self)
 
@@ -116,13 +120,13 @@ class ToolWorkers:
     def isolated(self, tool: Tool) -> bool:
         if not self.isolate:
             return False
-        if tool.name not in self._refs:
+        if tool.fn not in self._refs:
             ref = tool_ref(tool)
             if ref is None:
                 log.warning("tool %s is defined where a worker cannot import it; it runs in-process, "
                             "where a stuck call cannot be cut (define it at module level)", tool.name)
-            self._refs[tool.name] = ref
-        return self._refs[tool.name] is not None
+            self._refs[tool.fn] = ref
+        return self._refs[tool.fn] is not None
 
     def run(self, calls: list[tuple[Tool, dict[str, Any], ToolContext, float]]) -> list[Reply]:
         """Run calls (tool, raw arguments, context, time limit) concurrently; replies in call order."""
@@ -190,7 +194,7 @@ class ToolWorkers:
             del w.cached[sha]
         w.cached.update(dict.fromkeys(new))
         request = {
-            "ref": self._refs[call.tool.name], "name": call.tool.name, "arguments": call.arguments,
+            "ref": self._refs[call.tool.fn], "name": call.tool.name, "arguments": call.arguments,
             "arguments_type": call.tool.arguments, "context": replace(call.context, images=[]),
             "images": [img.model_copy(update={}) for img in call.context.images], "pixels": new, "evict": evict,
         }
@@ -248,8 +252,8 @@ class ToolWorkers:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from agent_grpo.tools._worker import main; main(int(sys.argv[1]))",
-             str(child.fileno())],
+            [sys.executable, "-c", "import sys; from agent_grpo.tools._worker import main; main(*map(int, sys.argv[1:]))",
+             str(child.fileno()), str(int(threading.current_thread() is threading.main_thread()))],
             pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         child.close()
