@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hostile_tools import echo  # noqa: E402  (a module-level test tool a worker can import)
 
 from agent_grpo.content import ImagePart  # noqa: E402
-from agent_grpo.tools import ToolRegistry, load_tools  # noqa: E402
+from agent_grpo.tools import load_tools  # noqa: E402
 from agent_grpo.tools.api import ToolContext  # noqa: E402
 from agent_grpo.tools.isolation import ToolWorkers  # noqa: E402
 from agent_grpo.tools.runner import ToolJob, run_tool_calls  # noqa: E402

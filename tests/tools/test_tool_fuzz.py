@@ -15,8 +15,8 @@ from agent_grpo.boxes import Box
 from agent_grpo.budget import VisualBudget
 from agent_grpo.content import ImagePart
 from agent_grpo.tools.api import ToolContext
-from agent_grpo.tools.registry import load_tools
 from agent_grpo.tools.isolation import ToolWorkers
+from agent_grpo.tools.registry import load_tools
 from agent_grpo.tools.runner import ToolJob, run_tool_calls
 from agent_grpo.trajectory import ToolCall, ToolErrorKind
 
