@@ -241,11 +241,16 @@ class ToolWorkers:
         if "error" in header:
             replies[call.index] = Reply(error=header["error"], kind=header["kind"], duration_s=duration)
             return
-        outs = [
-            ToolImage(image=im, parent=m["parent"], box=None if m["box"] is None else Box(**m["box"]))
-            for im, m in zip(images, header["meta"], strict=True)
-        ]
-        output = ToolOutput(text=header["text"], images=outs, metrics=header["metrics"])
+        try:
+            outs = [
+                ToolImage(image=im, parent=m["parent"], box=None if m["box"] is None else Box(**m["box"]))
+                for im, m in zip(images, header["meta"], strict=True)
+            ]
+            output = ToolOutput(text=header["text"], images=outs, metrics=header["metrics"])
+        except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+            replies[call.index] = Reply(error=f"{call.tool.name} returned a malformed result: {e}", kind="exception",
+                                        duration_s=duration)
+            return
         replies[call.index] = Reply(output=output, state=header["state"], duration_s=duration)
 
     def _spawn(self) -> None:
