@@ -123,7 +123,7 @@ def run_tool_calls(
         except ToolError as e:
             results[i] = ToolRun(call, error=str(e), kind=_kind(e.kind), duration_s=reply.duration_s)
             continue
-        if reply.state is not None and reply.state is not ctx.state:
+        if isinstance(reply.state, dict) and reply.state is not ctx.state:
             ctx.state.clear()
             ctx.state.update(reply.state)
         results[i] = ToolRun(call, output=output, duration_s=reply.duration_s)
