@@ -90,7 +90,7 @@ class ToolContext:
     images: list[ImagePart]
     budget: VisualBudget = field(default_factory=VisualBudget)
     usage: BudgetUsage = field(default_factory=BudgetUsage)
-    state: dict[str, Any] = field(default_factory=dict)  # this tool's per-trajectory state
+    state: dict[str, Any] = field(default_factory=dict)  # this tool's per-trajectory state: JSON data (it crosses processes)
     box_frame: CoordFrame = CoordFrame.PIXELS
 
     def image(self, observation: int) -> ImagePart:
