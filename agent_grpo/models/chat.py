@@ -19,17 +19,17 @@ Qwen2.5-VL template lacks: a tools section, assistant `tool_calls`, and `tool` m
 user turn as `<tool_response>` blocks, images included). It is prefix-preserving: rendering the chat
 up to an assistant message and then appending later messages never changes earlier text.
 
-Control tokens come only from the template. The text of system, user and tool messages (a task's question,
-a tool's output, an error quoting a label or a tool name the model chose) is encoded as literal text: a
-label `"<|image_pad|>"` is the characters `<`, `|`, `image`... and never an image placeholder, a name
-`"<|im_start|>"` never a turn boundary. Assistant content is the model's own text: its tokens are parsed
-(a full render then re-encodes what was sampled). For normal text this changes no token id: the
-tokenizer too splits on control tokens first and encodes the text between them on its own.
+Control tokens come only from the template. In the text of system, user and tool messages (a task's
+question, a tool's output, an error quoting a label or a tool name the model chose) special tokens are
+never parsed: a label `"<|image_pad|>"` is the characters `<`, `|`, `image`... and never an image
+placeholder, a name `"<|im_start|>"` never a turn boundary (non-special added tokens such as `<tool_call>`
+mark nothing and are matched as usual). Assistant content is the model's own text: its tokens are parsed
+(a full render then re-encodes what was sampled). For text that spells no special token this changes no
+token id: the tokenizer too splits on added tokens first and encodes the text between them on its own.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -345,7 +345,7 @@ class ChatFormat:
         return self.encode(self.render(messages, tools, add_generation_prompt), images), images
 
     def _encode_rendered(self, rendered: RenderedChat) -> list[int]:
-        """Split on the control tokens of the template's text only; encode the text between them plainly."""
+        """Split on the added tokens of the template's text only; encode the text between them plainly."""
         ids: list[int] = []
         plain: list[str] = []
 
@@ -369,10 +369,12 @@ class ChatFormat:
         return ids
 
     def _encode_plain(self, text: str) -> list[int]:
-        """Token ids of text with no control token in it, even where it spells one."""
-        if not self._added_pattern.search(text):
-            return self.tokenizer.encode(text, add_special_tokens=False)  # the common case: same ids
-        return self._literal_tokenizer.encode(text, add_special_tokens=False).ids
+        """Token ids of text between control tokens: special tokens spelled in it stay characters.
+
+        Non-special added tokens (Qwen's `<tool_call>`, the tiny tokenizer's `<think>`) are still matched,
+        as everywhere: they mark no turn, no image and no end of text.
+        """
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     @cached_property
     def _added_vocab(self) -> dict[str, int]:
@@ -383,18 +385,6 @@ class ChatFormat:
         # Longest first, as the tokenizer matches them; `<|im_start|>` and friends, `<tool_call>` too.
         tokens = sorted(self._added_vocab, key=len, reverse=True)
         return re.compile("|".join(re.escape(t) for t in tokens)) if tokens else re.compile(r"(?!)")
-
-    @cached_property
-    def _literal_tokenizer(self):
-        """The tokenizer without its added tokens: plain BPE, which spells `<|im_start|>` out. Built once, if needed."""
-        from tokenizers import Tokenizer
-
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise TypeError("ChatFormat needs a fast (tokenizers-backed) tokenizer to encode text literally")
-        spec = json.loads(backend.to_str())
-        spec["added_tokens"] = []
-        return Tokenizer.from_str(json.dumps(spec))
 
     def image_inputs(self, images: Sequence[Image.Image]) -> dict[str, Any]:
         """`pixel_values` [sum of patches, C*T*P*P] and `image_grid_thw` [n_images, 3] tensors."""
