@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from agent_grpo.boxes import Box
-from agent_grpo.images import image_sha256
+from agent_grpo.images import image_sha256, to_rgb
 
 
 class TextPart(BaseModel):
@@ -50,8 +50,7 @@ class ImagePart(BaseModel):
     @classmethod
     def from_pil(cls, image: Image.Image, **provenance) -> ImagePart:
         """Wrap a PIL image; `provenance` fills the fields above (observation, source, box, ...)."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = to_rgb(image)
         provenance.setdefault("observation", 0)
         if provenance.get("box") is None and provenance.get("source", "task") == "task":
             provenance["box"] = Box(x1=0, y1=0, x2=image.width, y2=image.height)

@@ -61,9 +61,52 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_D
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name} could not be decoded (truncated or corrupt?): {e}") from e
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return image
+    return to_rgb(image)
+
+
+# Where transparent pixels are composited: a defined colour, never whatever colour they hide.
+BACKGROUND = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """An 8-bit RGB copy of any PIL image: high bit depths scaled, transparency composited on `background`.
+
+    PIL's own `convert("RGB")` clips 16-bit and float pixels to 255 (a 16-bit PNG turns white) and drops
+    alpha, showing the colour transparent pixels happen to hold.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _scale_to_8bit(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """A single-channel 16-bit, 32-bit or float image as 8-bit grey, scaled rather than clipped.
+
+    16-bit data (`I;16*`, or `I` holding values up to 65535, as 16-bit PNGs decode) is divided by 257;
+    floats in [0, 1] are multiplied by 255; anything else is stretched from its own minimum to maximum.
+    """
+    import numpy as np
+
+    values = np.asarray(image).astype(np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and lo >= 0 and hi <= 65535 and hi > 255):
+        scaled = values / 257.0
+    elif image.mode == "I" and lo >= 0 and hi <= 255:
+        scaled = values
+    elif image.mode == "F" and lo >= 0 and hi <= 1:
+        scaled = values * 255.0
+    else:
+        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
 def image_sha256(image: Image.Image) -> str:
@@ -80,6 +123,18 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+MAX_ASPECT_RATIO = 200  # Qwen-VL's image processor refuses longer / shorter sides beyond this
+
+
+def image_size_problem(width: int, height: int) -> str | None:
+    """Why an image of this size cannot be shown to a Qwen-VL model, or None if it can."""
+    if min(height, width) < 1:
+        return f"image size must be positive, got {width}x{height}"
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        return f"aspect ratio over {MAX_ASPECT_RATIO} is not supported by Qwen-VL, got {width}x{height}"
+    return None
+
+
 def smart_resize(
     height: int, width: int, min_pixels: int = 4 * FACTOR * FACTOR, max_pixels: int = 1280 * FACTOR * FACTOR
 ) -> tuple[int, int]:
@@ -88,10 +143,9 @@ def smart_resize(
     Both sides become multiples of 28 with the aspect ratio kept as well as rounding allows and
     `min_pixels <= h * w <= max_pixels`. Same rule as transformers' `smart_resize`.
     """
-    if min(height, width) < 1:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio over 200 is not supported by Qwen-VL, got {width}x{height}")
+    problem = image_size_problem(width, height)
+    if problem is not None:
+        raise ValueError(problem)
     h = max(FACTOR, round(height / FACTOR) * FACTOR)
     w = max(FACTOR, round(width / FACTOR) * FACTOR)
     if h * w > max_pixels:

@@ -8,17 +8,13 @@ told what was wrong.
 from __future__ import annotations
 
 import json
-import re
 
 from pydantic import BaseModel, Field
 
 from agent_grpo.trajectory import ToolCall
 
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-# An unterminated call ends where the next <tool_call> opens, so the next call is not swallowed.
-_CALL = re.compile(r"<tool_call>((?:(?!<tool_call>).)*?)(?:</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+# Blocks are found with `str.find`, never with lazy regexes: `<think>(.*?)</think>` rescans the rest of
+# the text from every unclosed `<think>`, quadratic in the length of a hostile turn.
 _CLOSING = ("</think>", "</tool_call>", "</answer>")
 # End-of-turn markers a generation may include; they are not "trailing text".
 _END_MARKERS = ("<|im_end|>", "<|endoftext|>")
@@ -35,13 +31,42 @@ class ParsedTurn(BaseModel):
         return not self.problems
 
 
+def _blocks(text: str, open_tag: str, close_tag: str, stop_at_open: bool = False) -> list[tuple[str, bool]]:
+    """Non-overlapping `open_tag ... close_tag` blocks, left to right: (body, closed) pairs. One pass, linear.
+
+    An unclosed block runs to the end of the text (or, with `stop_at_open`, to the next `open_tag`);
+    without `stop_at_open` an unclosed block ends the scan. With `stop_at_open` a body never holds `open_tag`.
+    """
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    while (start := text.find(open_tag, pos)) >= 0:
+        body_start = start + len(open_tag)
+        close = text.find(close_tag, body_start)
+        nxt = text.find(open_tag, body_start) if stop_at_open else -1
+        if close >= 0 and (nxt < 0 or close < nxt):
+            out.append((text[body_start:close], True))
+            pos = close + len(close_tag)
+        elif nxt >= 0:
+            out.append((text[body_start:nxt], False))
+            pos = nxt
+        else:
+            out.append((text[body_start:], False))
+            break
+    return out
+
+
+def _unfence(text: str) -> str:
+    """The inside of a ```json ... ``` fence (the whole text), else the text unchanged."""
+    if len(text) >= 6 and text.startswith("```") and text.endswith("```"):
+        inner = text[3:-3]
+        return inner.removeprefix("json").strip()
+    return text
+
+
 def parse_tool_call(body: str, call_id: str) -> ToolCall:
     """Parse the text between `<tool_call>` and `</tool_call>`."""
     raw = body
-    text = body.strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
+    text = _unfence(body.strip())
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as e:  # ValueError also covers ints over Python's digit limit
@@ -72,7 +97,7 @@ def parse_turn(text: str, call_id_prefix: str = "call") -> ParsedTurn:
     for marker in _END_MARKERS:
         body = body.replace(marker, "")
 
-    thinks = _THINK.findall(body)
+    thinks = [b for b, closed in _blocks(body, "<think>", "</think>") if closed]
     if thinks:
         out.think = thinks[0].strip()
         if len(thinks) > 1:
@@ -81,15 +106,16 @@ def parse_turn(text: str, call_id_prefix: str = "call") -> ParsedTurn:
         out.problems.append("missing <think>...</think>")
     after_think = body.split("</think>", 1)[1] if "</think>" in body else body
 
-    for k, match in enumerate(_CALL.finditer(after_think)):
-        call = parse_tool_call(match.group(1), f"{call_id_prefix}_{k}")
-        if not match.group(0).endswith("</tool_call>"):
+    # An unterminated call ends where the next <tool_call> opens, so the next call is not swallowed.
+    for k, (call_body, closed) in enumerate(_blocks(after_think, "<tool_call>", "</tool_call>", stop_at_open=True)):
+        call = parse_tool_call(call_body, f"{call_id_prefix}_{k}")
+        if not closed:
             out.problems.append("unterminated <tool_call>")
         out.tool_calls.append(call)
         if call.parse_error:
             out.problems.append(f"tool call {k}: {call.parse_error}")
 
-    answers = _ANSWER.findall(after_think)
+    answers = [b for b, _ in _blocks(after_think, "<answer>", "</answer>")]
     if answers:
         out.answer = answers[-1].strip()
         if "</answer>" not in after_think:

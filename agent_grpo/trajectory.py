@@ -10,9 +10,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_grpo.content import ContentPart, ImagePart, Message
+from agent_grpo.images import image_size_problem
 
 Answer = str | float | list[float] | None
 
@@ -28,6 +29,15 @@ class Task(BaseModel):
     answer: Answer = None
     split: str = "train"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_images(self) -> Task:
+        # A task image the model cannot be shown fails when the data is loaded, not mid-rollout at `start`.
+        for i, img in enumerate(self.images):
+            problem = image_size_problem(img.width, img.height)
+            if problem is not None:
+                raise ValueError(f"task {self.id!r}: image {i} cannot be used: {problem}")
+        return self
 
 
 class ToolErrorKind(StrEnum):

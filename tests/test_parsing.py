@@ -158,3 +158,39 @@ def test_well_formed_calls_round_trip(think, calls):
     assert out.problems == []
     assert out.think == think.strip()
     assert [(c.name, c.arguments) for c in out.tool_calls] == calls
+
+
+def _parse_seconds(text: str) -> float:
+    import time
+
+    start = time.process_time()
+    parse_turn(text)
+    return time.process_time() - start
+
+
+def test_hostile_turns_parse_in_linear_time():
+    # Unclosed tags repeated over 200k characters: the lazy regexes rescanned the rest of the text from each
+    # one (98k characters of `<think>` took 27 s). Linear parsing takes milliseconds; the bound is generous
+    # so a loaded machine cannot fail it, and it is CPU time, so waiting for a core does not count.
+    n = 200_000
+    hostile = [
+        "<think>" * (n // 7),
+        "<tool_call>" * (n // 110),  # each one is a call to report: fewer
+        "<answer>" * (n // 8),
+        "<think>x</think>" + "<answer>" * (n // 8),
+        "<think>x</think><tool_call>```" + " " * n + "x",
+        "<think>x</think><tool_call>" + "<" * n,
+    ]
+    for text in hostile:
+        assert _parse_seconds(text) < 2.0, text[:40]
+
+
+def test_unclosed_blocks_keep_their_meaning():
+    out = parse_turn("<think>a<think>b</think><tool_call>{\"name\": \"x\"}<tool_call>{\"name\": \"y\"}</tool_call>")
+    assert out.think == "a<think>b"
+    assert [c.name for c in out.tool_calls] == ["x", "y"]
+    assert "unterminated <tool_call>" in out.problems
+    out = parse_turn("<think>t</think><answer>1</answer><answer> 2 ")
+    assert out.answer == "2" and "more than one <answer>" in out.problems
+    fenced = parse_turn('<think>t</think><tool_call>```json\n{"name": "z", "arguments": {}}\n```</tool_call>')
+    assert fenced.tool_calls[0].name == "z" and fenced.tool_calls[0].parse_error is None

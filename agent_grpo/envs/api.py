@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,10 +30,10 @@ from PIL import Image
 from agent_grpo.boxes import Box
 from agent_grpo.budget import BudgetUsage, VisualBudget
 from agent_grpo.content import ImagePart, Message, TextPart
-from agent_grpo.images import MAX_STORED_PIXELS, fit_pixels
 from agent_grpo.parsing import parse_turn
 from agent_grpo.rewards.rubric import Rubric
 from agent_grpo.tools.api import ToolContext
+from agent_grpo.tools.isolation import ToolWorkers
 from agent_grpo.tools.registry import ToolRegistry, load_tools
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S, ToolJob, ToolRun, run_tool_calls
 from agent_grpo.trajectory import Task, Termination, ToolErrorKind, ToolResult, Trajectory, Turn
@@ -92,12 +91,12 @@ class Environment:
         self.tools = (tools if tools is not None else load_tools()).subset(names)
         self.rubric = rubric or self.default_rubric()
         self.tool_timeout_s = tool_timeout_s
-        self._pool: ThreadPoolExecutor | None = None  # created on first tool call
+        self._pool: ToolWorkers | None = None  # tool worker processes, started on the first tool call
 
     @property
-    def pool(self) -> ThreadPoolExecutor:
+    def pool(self) -> ToolWorkers:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{self.name}-tools")
+            self._pool = ToolWorkers(max_workers=4)
         return self._pool
 
     # ---- override points -------------------------------------------------------------------
@@ -239,7 +238,7 @@ class Environment:
 
     def shutdown(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     # ---- internals ---------------------------------------------------------------------------
@@ -281,7 +280,8 @@ class Environment:
         if run.output.text:
             result.content.append(TextPart(text=run.output.text))
         # Check the whole output against the budget first: a tool's images are admitted all or none.
-        pils = [fit_pixels(out.image.convert("RGB"), MAX_STORED_PIXELS) for out in run.output.images]
+        # They are already RGB, capped in size and showable (`check_output` in the runner).
+        pils = [out.image for out in run.output.images]
         trial = episode.usage.model_copy()
         for pil in pils:
             refusal = trial.can_add_image(self.budget, pil.width, pil.height)

@@ -3,12 +3,14 @@
 `ChatFormat` wraps a processor (tokenizer + image processor + chat template) and gives a rollout
 driver what token-in/token-out needs:
 
-- `render_text(messages, tools, add_generation_prompt)`: the chat as text, one `<|image_pad|>` per
-  image (unexpanded);
+- `render(messages, tools, add_generation_prompt)`: the chat as a `RenderedChat`, text with one
+  `<|image_pad|>` per image (unexpanded) that knows which characters are message text;
+  `render_text` is its plain text;
 - `render_continuation(done, new, tools)`: the text that follows `done` in a render of `done + new`,
   starting right after the last assistant message's *content* (so it begins with `assistant_end`):
   exactly what a driver injects after sampled tokens (checked to be a true continuation);
-- `encode(text, images)`: token ids with each `<|image_pad|>` expanded to the image's token count;
+- `encode(rendered, images)`: token ids with each `<|image_pad|>` expanded to the image's token count;
+  message text is encoded as plain text, so control tokens come only from the template (below);
 - `image_inputs(images)`: `pixel_values` and `image_grid_thw` for the model;
 - `assistant_end`, `stop_strings`, `stop_token_ids`.
 
@@ -16,12 +18,23 @@ The template shipped here (`chat_template.jinja`, see `tools_chat_template`) add
 Qwen2.5-VL template lacks: a tools section, assistant `tool_calls`, and `tool` messages (rendered in a
 user turn as `<tool_response>` blocks, images included). It is prefix-preserving: rendering the chat
 up to an assistant message and then appending later messages never changes earlier text.
+
+Control tokens come only from the template. In the text of system, user and tool messages (a task's
+question, a tool's output, an error quoting a label or a tool name the model chose) special tokens are
+never parsed: a label `"<|image_pad|>"` is the characters `<`, `|`, `image`... and never an image
+placeholder, a name `"<|im_start|>"` never a turn boundary (non-special added tokens such as `<tool_call>`
+mark nothing and are matched as usual). Assistant content is the model's own text: its tokens are parsed
+(a full render then re-encodes what was sampled). For text that spells no special token this changes no
+token id: the tokenizer too splits on added tokens first and encodes the text between them on its own.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Iterable, Sequence
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +57,31 @@ _PROBE_TOOL = {
 }
 
 ChatMessage = Message | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    """A rendered chat: its text, and the spans of it that are message text (encoded literally)."""
+
+    text: str
+    literal: tuple[tuple[int, int], ...] = ()  # sorted, non-overlapping [start, end) character spans
+
+    def after(self, start: int) -> RenderedChat:
+        """The text from character `start` on, spans shifted and cut to match."""
+        spans = tuple((max(a, start) - start, b - start) for a, b in self.literal if b > start)
+        return RenderedChat(self.text[start:], spans)
+
+    def pieces(self) -> list[tuple[str, bool]]:
+        """(text, is_literal) pieces in order."""
+        out, pos = [], 0
+        for a, b in self.literal:
+            if a > pos:
+                out.append((self.text[pos:a], False))
+            out.append((self.text[a:b], True))
+            pos = b
+        if pos < len(self.text):
+            out.append((self.text[pos:], False))
+        return out
 
 
 @cache
@@ -82,21 +120,23 @@ def build_processor(
     )
 
 
-def to_template_messages(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
+def to_template_messages(messages: Iterable[ChatMessage], mark=None) -> list[dict[str, Any]]:
     """Our `Message` objects as the dicts chat templates consume; dicts pass through unchanged.
 
     Text parts become `{"type": "text", "text": ...}`, image parts `{"type": "image"}` (the
     template only needs to know where an image is; pixels go through `encode`/`image_inputs`).
+    `mark(text)`, if given, replaces the text of non-assistant messages (see `ChatFormat.render`).
     """
     out: list[dict[str, Any]] = []
     for message in messages:
         if isinstance(message, dict):
             out.append(message)
             continue
+        literal = mark is not None and message.role != "assistant"
         content: list[dict[str, Any]] = []
         for part in message.content:
             if isinstance(part, TextPart):
-                content.append({"type": "text", "text": part.text})
+                content.append({"type": "text", "text": mark(part.text) if literal else part.text})
             else:
                 content.append({"type": "image"})
         out.append({"role": message.role, "content": content})
@@ -151,6 +191,8 @@ class ChatFormat:
             raise ValueError("the processor has no chat template; pass chat_template=tools_chat_template()")
         self.chat_template: str = template
         self.image_token_id = self._single_token_id(IMAGE_TOKEN)
+        self._marker_key = secrets.token_hex(8)
+        self._marker = re.compile(f"\x00{self._marker_key}:(\\d+)\x00")
         self.merge_size: int = self.image_processor.merge_size
         # Batches pad with this id (masked out everywhere); Qwen2.5-VL's tokenizer names <|endoftext|>.
         pad = self.tokenizer.pad_token_id
@@ -177,13 +219,46 @@ class ChatFormat:
         add_generation_prompt: bool = False,
     ) -> str:
         """The chat as text: one `<|image_pad|>` per image part, not yet expanded."""
+        return self.render(messages, tools, add_generation_prompt).text
+
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[Any] | None = None,
+        add_generation_prompt: bool = False,
+    ) -> RenderedChat:
+        """The chat rendered, with the spans of system, user and tool message text marked literal.
+
+        Each such text is rendered as a marker holding a per-instance random key, and put back after
+        rendering: message text cannot forge a marker, and the template's own text is never marked.
+        """
+        texts: list[str] = []
+
+        def mark(text: str) -> str:
+            texts.append(text)
+            return f"\x00{self._marker_key}:{len(texts) - 1}\x00"
+
         rendered, _ = render_jinja_template(
-            conversations=[to_template_messages(messages)],
+            conversations=[to_template_messages(messages, mark)],
             tools=_tool_schemas(tools),
             chat_template=self.chat_template,
             add_generation_prompt=add_generation_prompt,
         )
-        return rendered[0]
+        marked = rendered[0]
+        out: list[str] = []
+        spans: list[tuple[int, int]] = []
+        length = pos = 0
+        for m in self._marker.finditer(marked):
+            out.append(marked[pos : m.start()])
+            length += m.start() - pos
+            text = texts[int(m.group(1))]
+            if text:
+                spans.append((length, length + len(text)))
+            out.append(text)
+            length += len(text)
+            pos = m.end()
+        out.append(marked[pos:])  # a template may drop or repeat a text: each marker it wrote is put back
+        return RenderedChat("".join(out), tuple(spans))
 
     def render_continuation(
         self,
@@ -231,9 +306,16 @@ class ChatFormat:
         patches = self.image_processor.get_number_of_image_patches(height, width, {})
         return patches // self.merge_size**2
 
-    def encode(self, text: str, images: Sequence[Image.Image] = ()) -> list[int]:
-        """Token ids of `text` with the i-th `<|image_pad|>` expanded to image i's token count."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+    def encode(self, text: str | RenderedChat, images: Sequence[Image.Image] = ()) -> list[int]:
+        """Token ids of `text` with the i-th `<|image_pad|>` expanded to image i's token count.
+
+        A `RenderedChat`'s literal spans never become control tokens (see the module docstring); a
+        plain string is trusted whole, as template output.
+        """
+        if isinstance(text, RenderedChat):
+            ids = self._encode_rendered(text)
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
         n_pads = sum(1 for i in ids if i == self.image_token_id)
         if n_pads != len(images):
             raise ValueError(
@@ -260,7 +342,49 @@ class ChatFormat:
     ) -> tuple[list[int], list[Image.Image]]:
         """Render and encode a chat whose image parts carry pixels; returns (ids, images in order)."""
         images = message_images(messages)
-        return self.encode(self.render_text(messages, tools, add_generation_prompt), images), images
+        return self.encode(self.render(messages, tools, add_generation_prompt), images), images
+
+    def _encode_rendered(self, rendered: RenderedChat) -> list[int]:
+        """Split on the added tokens of the template's text only; encode the text between them plainly."""
+        ids: list[int] = []
+        plain: list[str] = []
+
+        def flush() -> None:
+            if plain:
+                ids.extend(self._encode_plain("".join(plain)))
+                plain.clear()
+
+        for text, literal in rendered.pieces():
+            if literal:
+                plain.append(text)
+                continue
+            pos = 0
+            for m in self._added_pattern.finditer(text):
+                plain.append(text[pos : m.start()])
+                flush()
+                ids.append(self._added_vocab[m.group(0)])
+                pos = m.end()
+            plain.append(text[pos:])
+        flush()
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Token ids of text between control tokens: special tokens spelled in it stay characters.
+
+        Non-special added tokens (Qwen's `<tool_call>`, the tiny tokenizer's `<think>`) are still matched,
+        as everywhere: they mark no turn, no image and no end of text.
+        """
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+    @cached_property
+    def _added_vocab(self) -> dict[str, int]:
+        return dict(self.tokenizer.get_added_vocab())
+
+    @cached_property
+    def _added_pattern(self) -> re.Pattern[str]:
+        # Longest first, as the tokenizer matches them; `<|im_start|>` and friends, `<tool_call>` too.
+        tokens = sorted(self._added_vocab, key=len, reverse=True)
+        return re.compile("|".join(re.escape(t) for t in tokens)) if tokens else re.compile(r"(?!)")
 
     def image_inputs(self, images: Sequence[Image.Image]) -> dict[str, Any]:
         """`pixel_values` [sum of patches, C*T*P*P] and `image_grid_thw` [n_images, 3] tensors."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from agent_grpo.budget import BudgetUsage, VisualBudget
 from agent_grpo.content import ImagePart, TextPart
-from agent_grpo.images import MAX_STORED_PIXELS, fit_pixels, image_sha256
+from agent_grpo.images import MAX_STORED_PIXELS, fit_pixels, image_sha256, to_rgb
 from agent_grpo.tools.api import ToolContext
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S, ToolJob, ToolRun, run_tool_calls
@@ -105,7 +105,7 @@ def _compare(recorded: ToolResult, run: ToolRun) -> list[tuple[str, Any, Any]]:
     if len(old) != len(new):
         return [*diffs, ("images", len(old), len(new))]
     for i, (a, b) in enumerate(zip(old, new, strict=True)):
-        sha = image_sha256(fit_pixels(b.image.convert("RGB"), MAX_STORED_PIXELS))  # as Environment stores it
+        sha = image_sha256(fit_pixels(to_rgb(b.image), MAX_STORED_PIXELS))  # as Environment stores it
         for what, x, y in (("sha256", a.sha256, sha), ("parent", a.parent, b.parent), ("box", a.box, b.box)):
             if x != y:
                 diffs.append((f"image {i} {what}", x, y))

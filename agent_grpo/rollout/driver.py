@@ -113,11 +113,11 @@ class RolloutDriver:
     # ---- steps -----------------------------------------------------------------------------
 
     def _start(self, ep: Episode) -> _Live:
-        text = self.chat.render_text(ep.trajectory.messages, self.tool_schemas, add_generation_prompt=True)
+        rendered = self.chat.render(ep.trajectory.messages, self.tool_schemas, add_generation_prompt=True)
         # Views in placeholder order (the prompt's image parts), not `ep.images`' order: the engine pairs them by position.
         views = [self._vision.view(img) for img in images_in_messages(ep.trajectory.messages, ep.images, ep.trajectory.id)]
-        ids = self.chat.encode(text, views)
-        live = _Live(episode=ep, token_ids=ids, text=text, views=views)
+        ids = self.chat.encode(rendered, views)  # message text encoded literally: no control tokens from data
+        live = _Live(episode=ep, token_ids=ids, text=rendered.text, views=views)
         live.segments.append(Segment(kind="prompt", token_ids=ids, turn=0))
         if len(ids) + 1 > self.config.max_total_tokens:
             ep.trajectory.metrics["prompt_too_long"] = 1.0
@@ -152,14 +152,15 @@ class RolloutDriver:
 
     def _inject(self, lv: _Live, new_messages, turn: int) -> None:
         ep = lv.episode
-        full = self.chat.render_text(ep.trajectory.messages, self.tool_schemas, add_generation_prompt=True)
+        rendered = self.chat.render(ep.trajectory.messages, self.tool_schemas, add_generation_prompt=True)
+        full = rendered.text
         if not full.startswith(lv.text):
             # Not prefix-preserving (or a stop token the template does not render): end, don't guess.
             ep.trajectory.metrics["template_mismatch"] = 1.0
             self._drop_unshown(lv, new_messages)
             self.env.stop(ep, Termination.ERROR)
             return
-        suffix = full[len(lv.text) :]
+        suffix = rendered.after(len(lv.text))  # tool text in it is encoded literally (a label never becomes a token)
         new_images = [img for m in new_messages for img in m.images]
         views = [self._vision.view(img) for img in new_images]
         ids = self.chat.encode(suffix, views)

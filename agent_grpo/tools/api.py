@@ -29,6 +29,7 @@ from agent_grpo.boxes import Box, CoordFrame, crop_to_root, to_image_pixels
 from agent_grpo.budget import BudgetUsage, VisualBudget
 from agent_grpo.content import ImagePart
 from agent_grpo.errors import ToolError
+from agent_grpo.images import MAX_ASPECT_RATIO, MAX_STORED_PIXELS, fit_pixels, image_size_problem, to_rgb
 
 _FRAME_HINT = {
     CoordFrame.PIXELS: "Box coordinates are pixels of the chosen image at its original size, [x1, y1, x2, y2].",
@@ -89,7 +90,7 @@ class ToolContext:
     images: list[ImagePart]
     budget: VisualBudget = field(default_factory=VisualBudget)
     usage: BudgetUsage = field(default_factory=BudgetUsage)
-    state: dict[str, Any] = field(default_factory=dict)  # this tool's per-trajectory state
+    state: dict[str, Any] = field(default_factory=dict)  # this tool's per-trajectory state: JSON data (it crosses processes)
     box_frame: CoordFrame = CoordFrame.PIXELS
 
     def image(self, observation: int) -> ImagePart:
@@ -131,6 +132,12 @@ class ToolContext:
             x1, x2 = _grow(x1, x2, side, target.width)
             y1, y2 = _grow(y1, y2, side, target.height)
         pixels = (x1, y1, x2, y2)
+        if image_size_problem(x2 - x1, y2 - y1) is not None:  # a sliver no model can be shown
+            raise ToolError(
+                f"box {box} is {x2 - x1}x{y2 - y1} pixels of image {observation}, too thin to show "
+                f"(aspect ratio over {MAX_ASPECT_RATIO}); choose a wider box",
+                kind="bad_box",
+            )
         # Rotated or flipped images (box None) show no axis-aligned region of the root: no mapping.
         root_box = None
         if target.box is not None:
@@ -153,6 +160,44 @@ def _grow(lo: int, hi: int, side: int, limit: int) -> tuple[int, int]:
     lo = round(centre - side / 2)
     lo = min(max(lo, 0), limit - side)
     return lo, lo + side
+
+
+def check_output(output: Any, tool_name: str, n_images: int) -> ToolOutput:
+    """The one check every tool result passes before an environment sees it.
+
+    Returns a clean copy (images 8-bit RGB, capped at `MAX_STORED_PIXELS`, sizes a Qwen-VL model can be
+    shown, parents among the `n_images` images of the call) or raises `ToolError` saying what is wrong.
+    """
+    if not isinstance(output, ToolOutput):
+        raise ToolError(f"tool {tool_name} returned {type(output).__name__}, expected ToolOutput")
+    if output.text is not None and not isinstance(output.text, str):
+        raise ToolError(f"tool {tool_name} returned text of type {type(output.text).__name__}, expected str")
+    images: list[ToolImage] = []
+    for k, out in enumerate(output.images):
+        what = f"tool {tool_name} returned image {k}"
+        if not isinstance(out, ToolImage):
+            raise ToolError(f"{what} as {type(out).__name__}, expected ToolImage")
+        if not isinstance(out.image, Image.Image):
+            raise ToolError(f"{what} as {type(out.image).__name__}, expected a PIL image (Image.fromarray converts arrays)")
+        if isinstance(out.parent, bool) or not isinstance(out.parent, int) or not 0 <= out.parent < n_images:
+            raise ToolError(f"{what} with parent {out.parent!r}; valid images are 0..{n_images - 1}")
+        if out.box is not None and not isinstance(out.box, Box):
+            raise ToolError(f"{what} with a box of type {type(out.box).__name__}, expected Box or None")
+        problem = image_size_problem(*out.image.size)
+        if problem is None:
+            try:
+                image = fit_pixels(to_rgb(out.image), MAX_STORED_PIXELS)
+            except (OSError, ValueError, TypeError) as e:  # e.g. a mode PIL cannot convert
+                raise ToolError(f"{what} that cannot be converted to RGB: {e}") from e
+            problem = image_size_problem(*image.size)  # downscaling rounds sides: check again
+        if problem is not None:
+            raise ToolError(f"{what} that cannot be shown to the model: {problem}")
+        images.append(ToolImage(image=image, parent=out.parent, box=out.box))
+    try:
+        metrics = {str(k): float(v) for k, v in dict(output.metrics).items()}
+    except (TypeError, ValueError) as e:
+        raise ToolError(f"tool {tool_name} returned metrics that are not numbers: {e}") from e
+    return ToolOutput(text=output.text, images=images, metrics=metrics)
 
 
 ToolFn = Callable[[BaseModel, ToolContext], ToolOutput]

@@ -1,22 +1,21 @@
 """Running tool calls: every failure becomes a `ToolRun` with an error for the model, never an exception.
 
-Calls run concurrently in a thread pool with a time-out. A timed-out tool cannot be killed (Python
-threads cannot be), so its thread finishes in the background and its result is discarded; tools that
-may hang should be written to honour their own time-outs.
+Calls run concurrently in tool worker processes (`agent_grpo.tools.isolation`): a call that hangs,
+holds the GIL or calls `sys.exit` costs at most its own time-out, counted from when it starts running.
+Every result passes `check_output` (images a model can be shown, parents that exist) in the parent.
 """
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from agent_grpo.errors import ToolError
-from agent_grpo.tools.api import ToolContext, ToolOutput
+from agent_grpo.tools.api import ToolContext, ToolOutput, check_output
+from agent_grpo.tools.isolation import ToolWorkers
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.trajectory import ToolCall, ToolErrorKind
 
@@ -79,28 +78,28 @@ def _prepare(job: ToolJob, registry: ToolRegistry):
     return tool, args, ctx
 
 
-def _invoke(tool, args, ctx, call: ToolCall) -> ToolRun:
-    start = time.perf_counter()
-    try:
-        output = tool.fn(args, ctx)
-        if not isinstance(output, ToolOutput):
-            raise TypeError(f"tool {tool.name} returned {type(output).__name__}, expected ToolOutput")
-        return ToolRun(call, output=output, duration_s=time.perf_counter() - start)
-    except ToolError as e:
-        kind = ToolErrorKind(e.kind) if e.kind in ToolErrorKind._value2member_map_ else ToolErrorKind.EXCEPTION
-        return ToolRun(call, error=str(e), kind=kind, duration_s=time.perf_counter() - start)
-    except Exception as e:  # a broken tool is data about the tool, not a crash of the run
-        return ToolRun(
-            call, error=f"{tool.name} failed: {type(e).__name__}: {e}", kind=ToolErrorKind.EXCEPTION,
-            duration_s=time.perf_counter() - start,
-        )
+_default_workers: ToolWorkers | None = None
+_default_lock = threading.Lock()
+
+
+def default_workers() -> ToolWorkers:
+    """The process-wide pool used when `run_tool_calls` is given none (started on first use)."""
+    global _default_workers
+    with _default_lock:
+        if _default_workers is None:
+            _default_workers = ToolWorkers()
+        return _default_workers
+
+
+def _kind(kind: str | None) -> ToolErrorKind:
+    return ToolErrorKind(kind) if kind in ToolErrorKind._value2member_map_ else ToolErrorKind.EXCEPTION
 
 
 def run_tool_calls(
     jobs: list[ToolJob],
     registry: ToolRegistry,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-    pool: ThreadPoolExecutor | None = None,
+    pool: ToolWorkers | None = None,
 ) -> list[ToolRun]:
     """Run calls concurrently; results come back in the order of `jobs`."""
     prepared = [_prepare(job, registry) for job in jobs]
@@ -108,23 +107,24 @@ def run_tool_calls(
     results: list[ToolRun | None] = [p if isinstance(p, ToolRun) else None for p in prepared]
     if not runnable:
         return results  # type: ignore[return-value]
-    own_pool = pool is None
-    pool = pool or ThreadPoolExecutor(max_workers=min(8, len(runnable)), thread_name_prefix="agent-grpo-tool")
-    try:
-        futures = {i: pool.submit(_invoke, *prepared[i], jobs[i].call) for i in runnable}
-        deadline_start = time.perf_counter()
-        for i, fut in futures.items():
-            tool = prepared[i][0]
-            limit = tool.manifest.timeout_s or timeout_s
-            remaining = max(0.0, limit - (time.perf_counter() - deadline_start))
-            try:
-                results[i] = fut.result(timeout=remaining)
-            except FutureTimeout:
-                results[i] = ToolRun(
-                    jobs[i].call, error=f"{tool.name} timed out after {limit:g} s", kind=ToolErrorKind.TIMEOUT,
-                    duration_s=limit,
-                )
-    finally:
-        if own_pool:
-            pool.shutdown(wait=False, cancel_futures=True)
+    workers = pool or default_workers()
+    calls = []
+    for i in runnable:
+        tool, _args, ctx = prepared[i]
+        calls.append((tool, jobs[i].call.arguments, ctx, tool.manifest.timeout_s or timeout_s))
+    for i, reply in zip(runnable, workers.run(calls), strict=True):
+        tool, _args, ctx = prepared[i]
+        call = jobs[i].call
+        if reply.error is not None:
+            results[i] = ToolRun(call, error=reply.error, kind=_kind(reply.kind), duration_s=reply.duration_s)
+            continue
+        try:  # checked again here, in the parent: a worker's reply is not trusted
+            output = check_output(reply.output, tool.name, len(ctx.images))
+        except ToolError as e:
+            results[i] = ToolRun(call, error=str(e), kind=_kind(e.kind), duration_s=reply.duration_s)
+            continue
+        if isinstance(reply.state, dict) and reply.state is not ctx.state:
+            ctx.state.clear()
+            ctx.state.update(reply.state)
+        results[i] = ToolRun(call, output=output, duration_s=reply.duration_s)
     return results  # type: ignore[return-value]

@@ -138,9 +138,10 @@ def render_segments(
         parts = [p for m in msgs for p in m.images]
         return [vision.view(p) for p in parts], parts
 
-    text = chat.render_text(messages[: turns[0]], tools, add_generation_prompt=True)
+    rendered = chat.render(messages[: turns[0]], tools, add_generation_prompt=True)  # message text encoded literally
+    text = rendered.text
     prompt_views, images = views(messages[: turns[0]])
-    segments = [Segment(kind="prompt", token_ids=chat.encode(text, prompt_views), turn=0)]
+    segments = [Segment(kind="prompt", token_ids=chat.encode(rendered, prompt_views), turn=0)]
     for turn, (i, nxt) in enumerate(zip(turns, [*turns[1:], None], strict=True)):
         if messages[i].images:
             raise ValueError(f"assistant message {i} holds an image; a model cannot write one")
@@ -149,14 +150,15 @@ def render_segments(
         text += chat.decode(ids)
         if nxt is None:
             break
-        full = chat.render_text(messages[:nxt], tools, add_generation_prompt=True)
+        rendered = chat.render(messages[:nxt], tools, add_generation_prompt=True)
+        full = rendered.text
         if not full.startswith(text):
             raise ValueError(
                 f"re-rendering message {i + 1} changed earlier text: the chat template is not prefix-preserving "
                 "(use agent_grpo.models.chat.tools_chat_template())"
             )
         new_views, new_parts = views(messages[i + 1 : nxt])
-        segments.append(Segment(kind="injected", token_ids=chat.encode(full[len(text) :], new_views), turn=turn))
+        segments.append(Segment(kind="injected", token_ids=chat.encode(rendered.after(len(text)), new_views), turn=turn))
         images += new_parts
         text = full
     return segments, images

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from agent_grpo.boxes import Box
 from agent_grpo.budget import VisualBudget
 from agent_grpo.content import ImagePart
 from agent_grpo.tools.api import ToolContext
+from agent_grpo.tools.isolation import ToolWorkers
 from agent_grpo.tools.registry import load_tools
 from agent_grpo.tools.runner import ToolJob, run_tool_calls
 from agent_grpo.trajectory import ToolCall, ToolErrorKind
@@ -99,8 +99,9 @@ def setting():
         ),
         ImagePart.from_pil(root.rotate(90, expand=True), observation=2, source="tool", parent=0, box=None),
     ]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield load_tools().subset(BUILTINS), ToolContext(images=images, budget=BUDGET), pool
+    pool = ToolWorkers(max_workers=2)
+    yield load_tools().subset(BUILTINS), ToolContext(images=images, budget=BUDGET), pool
+    pool.close()
 
 
 @pytest.mark.parametrize("kind", ["typed", "junk"])

@@ -196,3 +196,15 @@ def test_per_tool_state_lives_with_the_trajectory(ctx):
     mine: dict = {}
     assert [count(mine) for _ in range(3)] == ["1", "2", "3"]
     assert count({}) == "1"  # another trajectory starts afresh
+
+
+def test_a_thin_box_is_a_bad_box_not_an_unshowable_sliver(builtins, make_ctx, call, pattern):
+    ctx = make_ctx(pattern(1000, 1000))
+    run = call(builtins, "crop", {"bbox_2d": [0, 500, 1000, 501]}, ctx)  # 1000 x 1 pixels
+    assert run.kind == K.BAD_BOX
+    assert run.error == (
+        "box [0.0, 500.0, 1000.0, 501.0] is 1000x1 pixels of image 0, too thin to show (aspect ratio over 200); "
+        "choose a wider box"
+    )
+    run = call(builtins, "zoom_in", {"bbox_2d": [0, 500, 1000, 501]}, ctx)  # grown to 28 px high: fine
+    assert run.error is None and run.output.images[0].image.size == (1000, 28)

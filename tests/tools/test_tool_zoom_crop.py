@@ -12,6 +12,10 @@ from pydantic import BaseModel
 from agent_grpo.boxes import Box, CoordFrame
 from agent_grpo.budget import VisualBudget
 from agent_grpo.tools.api import ToolContext, ToolOutput, tool
+from agent_grpo.tools.isolation import ToolWorkers
+
+# These tests patch a tool module's globals, which a worker process would not see.
+IN_PROCESS = ToolWorkers(isolate=False)
 
 
 class _BoxArgs(BaseModel):
@@ -86,12 +90,12 @@ def test_zoom_inside_a_downscaled_zoom_still_maps_exactly(builtins, make_ctx, ca
     monkeypatch.setattr(_common, "STORED_PIXEL_CAP", 8000)  # force the storage cap to apply
     arr = pattern(300, 200)
     ctx = make_ctx(arr)
-    first = call(builtins, "zoom_in", {"bbox_2d": [40, 30, 240, 190]}, ctx)  # 200 x 160 -> 100 x 80
+    first = call(builtins, "zoom_in", {"bbox_2d": [40, 30, 240, 190]}, ctx, pool=IN_PROCESS)  # 200 x 160 -> 100 x 80
     assert first.output.images[0].image.size == (100, 80)
     assert first.output.metrics["downscaled"] == 1.0
     assert first.output.images[0].box == Box(x1=40, y1=30, x2=240, y2=190)  # still the region it shows
     one = show(ctx, first.output.images[0])
-    second = call(builtins, "zoom_in", {"bbox_2d": [5, 10, 40, 40], "image": one}, ctx)
+    second = call(builtins, "zoom_in", {"bbox_2d": [5, 10, 40, 40], "image": one}, ctx, pool=IN_PROCESS)
     # Each pixel of image 1 spans 2 x 2 original pixels.
     assert second.output.images[0].box == Box(x1=50, y1=50, x2=120, y2=110)
     assert second.output.metrics["zoom_area_fraction"] == pytest.approx(70 * 60 / (300 * 200))
@@ -138,7 +142,7 @@ def test_large_crops_keep_full_resolution_under_a_small_view_budget(builtins, ma
 
 def test_crops_over_the_storage_cap_are_downscaled_keeping_aspect(builtins, make_ctx, call, pattern, monkeypatch):
     monkeypatch.setattr(_common, "STORED_PIXEL_CAP", 224 * 224)
-    run = call(builtins, "zoom_in", {"bbox_2d": [0, 0, 600, 400]}, make_ctx(pattern(640, 480)))
+    run = call(builtins, "zoom_in", {"bbox_2d": [0, 0, 600, 400]}, make_ctx(pattern(640, 480)), pool=IN_PROCESS)
     [out] = run.output.images
     w, h = out.image.size
     assert w * h <= 224 * 224
