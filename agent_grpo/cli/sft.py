@@ -16,16 +16,11 @@ def sft(
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
 ) -> None:
     """Supervised warm start on demonstrations (scripted, a run directory or an export); loss on model turns only."""
-    from agent_grpo.errors import ConfigError
+    from agent_grpo.cli._config import load_and_check
     from agent_grpo.recipes.sft import SFTConfig
-    from agent_grpo.train.config import load_config
 
     console = make_console()
-    try:
-        cfg = load_config(config, set_, model=SFTConfig)
-    except ConfigError as e:
-        console.print(str(e), markup=False)
-        raise typer.Exit(2) from e
+    cfg = load_and_check(config, set_, SFTConfig)  # a ConfigError exits 2 with its message (cli/main.py)
     if check:
         console.print_json(cfg.model_dump_json())
         return
@@ -33,12 +28,7 @@ def sft(
 
     recipe = SFTRecipe(cfg, console=console, progress=not no_progress)
     try:
-        recipe.setup()
-    except ConfigError as e:  # checks that need the data, e.g. too few demonstrations left after filtering
-        console.print(str(e), markup=False)
-        recipe.cleanup()
-        raise typer.Exit(2) from e
-    try:
+        recipe.setup()  # a ConfigError here: checks that need the data, e.g. too few demonstrations
         recipe.train()
     finally:
         recipe.cleanup()

@@ -16,26 +16,18 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
 ) -> None:
     """Train a policy with GRPO on an environment. The config is checked before any model is loaded."""
-    from agent_grpo.errors import ConfigError
-    from agent_grpo.train.config import load_config
+    from agent_grpo.cli._config import load_and_check
+    from agent_grpo.train.config import TrainConfig
 
     console = make_console()
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as e:
-        console.print(str(e), markup=False)
-        raise typer.Exit(2) from e
+    cfg = load_and_check(config, set_, TrainConfig)  # a ConfigError exits 2 with its message (cli/main.py)
     if check:
         console.print_json(cfg.model_dump_json())
         return
     from agent_grpo.recipes.grpo import GRPORecipe
 
     recipe = GRPORecipe(cfg, console=console, progress=not no_progress)
-    try:
-        recipe.setup()
-    except ConfigError as e:  # cross-checks that need the environment or the process count
-        console.print(str(e), markup=False)
-        raise typer.Exit(2) from e
+    recipe.setup()  # a ConfigError here: cross-checks that need the environment or the process count
     try:
         recipe.train()
     finally:

@@ -36,7 +36,7 @@ from agent_grpo.models.chat import ChatFormat
 from agent_grpo.recipes.grpo import drop_metrics_after, lr_lambda, seed_everything
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams
 from agent_grpo.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
-from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig
+from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig, Seed
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
 from agent_grpo.train.sft_data import SFTDataConfig, load_sft_data
@@ -66,7 +66,7 @@ class SFTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out_dir: Path = Path("runs/sft")
-    seed: int = 0
+    seed: Seed = 0
     steps: int = Field(default=100, ge=1, description="optimizer steps")
     batch_size: int = Field(default=8, ge=1, description="demonstrations (trajectories) per optimizer step")
     save_every: int = Field(default=50, ge=1)
