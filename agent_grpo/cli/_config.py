@@ -23,7 +23,7 @@ def load_and_check(path: Path | None, overrides: list[str], model: type[BaseMode
 
 def check_out_dir(path: Path, field: str) -> None:
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{field}: {path} exists and is not a folder; choose a folder for the run")
+        raise ConfigError(f"{field}: {path} exists and is not a folder; choose a folder")
 
 
 def checkpoint_folder(path: str | Path) -> Path:

@@ -106,7 +106,7 @@ def test_an_out_dir_that_is_a_file_is_refused(tmp_path):
     file = tmp_path / "taken"
     file.write_text("mine")
     result, output = run("train", "--check", "--set", f"out_dir={file}")
-    assert result.exit_code == 2 and "out_dir" in output and "is not a folder" in output
+    assert result.exit_code == 2 and "out_dir" in output and "is not a folder" in output and "choose a folder" in output
     assert file.read_text() == "mine"
 
 
