@@ -7,11 +7,12 @@ from pathlib import Path
 import typer
 
 from agent_grpo.cli._console import make_console
+from agent_grpo.train.config import EnvConfig
 
 
 def evaluate(
     checkpoint: str = typer.Argument(..., help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'"),
-    env: str = typer.Option("visual-search", help="installed environment"),
+    env: str = typer.Option(EnvConfig().name, help="installed environment, see `agent-grpo envs list`"),
     split: str = typer.Option("test", help="task split"),
     n: int = typer.Option(200, "--n", min=1, help="tasks"),
     k: int = typer.Option(1, "--k", min=1, help="samples per task: 1 = greedy, >1 = Avg@k with temperature 1"),
