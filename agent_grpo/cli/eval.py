@@ -7,12 +7,11 @@ from pathlib import Path
 import typer
 
 from agent_grpo.cli._console import make_console
-from agent_grpo.train.config import EnvConfig
 
 
 def evaluate(
     checkpoint: str = typer.Argument(..., help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'"),
-    env: str = typer.Option(EnvConfig().name, help="installed environment, see `agent-grpo envs list`"),
+    env: str = typer.Option(None, help="installed environment (default: env.name of a training config)"),
     split: str = typer.Option("test", help="task split"),
     n: int = typer.Option(200, "--n", min=1, help="tasks"),
     k: int = typer.Option(1, "--k", min=1, help="samples per task: 1 = greedy, >1 = Avg@k with temperature 1"),
@@ -27,11 +26,12 @@ def evaluate(
     from agent_grpo.envs.registry import make_env
     from agent_grpo.evaluate import evaluate_policy, results_table, write_results
     from agent_grpo.models.chat import ChatFormat
-    from agent_grpo.train.config import ModelConfig
+    from agent_grpo.train.config import EnvConfig, ModelConfig
     from agent_grpo.train.policy import build_policy
 
     torch.set_num_threads(1)
     console = make_console()
+    env = env or EnvConfig().name
     # Every input is checked before the model loads; a bad one is a message (cli/main.py), not a traceback.
     if checkpoint != "tiny":
         folder = checkpoint_folder(checkpoint)
