@@ -34,7 +34,10 @@ def demo(
     set_: list[str] = typer.Option([], "--set", "-s", help="override a field: --set grpo.steps=80"),
     quick: bool = typer.Option(False, "--quick", help="a few-minute smoke run of every stage (no learning)"),
     fresh: bool = typer.Option(False, "--fresh", help="delete the output folder first (default: resume it)"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress bars: a log line per step instead"),
+    log_every: int = typer.Option(
+        1, "--log-every", min=1, help="without a live bar (a pipe, a batch job, --no-progress): a line every N steps"
+    ),
 ) -> None:
     """Pretrained tiny VLM -> eval -> SFT -> eval -> GRPO -> eval on visual-search; table, plots, report."""
     import shutil
@@ -55,7 +58,7 @@ def demo(
         raise typer.Exit(2) from e
     if fresh:
         shutil.rmtree(cfg.out_dir, ignore_errors=True)
-    pipeline = Pipeline(cfg, console=console, progress=not no_progress)
+    pipeline = Pipeline(cfg, console=console, progress=not no_progress, log_every=log_every)
     pipeline.run()
     console.print(pipeline.summary(), markup=False)
     console.print(f"\nresults: {cfg.out_dir / 'results.md'}\ncurves:  {cfg.out_dir / 'curves_grpo.png'}, "

@@ -13,7 +13,10 @@ def train(
     config: Path = typer.Argument(None, help="YAML config (see examples/configs/); omit for all defaults"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a field: --set rollout.group_size=4"),
     check: bool = typer.Option(False, "--check", help="validate the config and exit"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress bar: a log line per step instead"),
+    log_every: int = typer.Option(
+        1, "--log-every", min=1, help="without a live bar (a pipe, a batch job, --no-progress): a line every N steps"
+    ),
 ) -> None:
     """Train a policy with GRPO on an environment. The config is checked before any model is loaded."""
     from agent_grpo.cli._config import load_and_check
@@ -26,7 +29,7 @@ def train(
         return
     from agent_grpo.recipes.grpo import GRPORecipe
 
-    recipe = GRPORecipe(cfg, console=console, progress=not no_progress)
+    recipe = GRPORecipe(cfg, console=console, progress=not no_progress, log_every=log_every)
     recipe.setup()  # a ConfigError here: cross-checks that need the environment or the process count
     try:
         recipe.train()
