@@ -184,6 +184,10 @@ class GRPORecipe:
         )
         self.driver = RolloutDriver(self.env, self.engine, self.chat, rollout)
         self.store = self.logger = None
+        # Trajectories are stored with the 1-based step of metrics and checkpoints; a run begun before that
+        # (no `first_step` in its meta.json) keeps its 0-based numbering when resumed, so its ids stay unique.
+        meta_path = cfg.out_dir / "trajectories" / "meta.json"
+        self.first_step = RunMeta.load(meta_path).extra.get("first_step", 0) if meta_path.exists() else 1
         if self.is_main:
             images = None if cfg.store_images else ImagePolicy(max_bytes=0, sample_every=0)
             self.store = RunStore.create(
@@ -237,7 +241,9 @@ class GRPORecipe:
         cfg = self.cfg
         G, share = cfg.rollout.group_size, cfg.rollout.tasks_per_step // self.world
         seed = cfg.seed * 100_003 + (step - 1) + 104_729 * self.rank  # processes sample independently
-        trajs = self.rollout_tasks(self.my_share(self.next_tasks(cfg.rollout.tasks_per_step)), step, seed, f"s{step}-")
+        stored = step - 1 + self.first_step  # the step number stored with the trajectories (see setup)
+        tasks = self.my_share(self.next_tasks(cfg.rollout.tasks_per_step))
+        trajs = self.rollout_tasks(tasks, stored, seed, f"s{stored}-")
         groups = [trajs[i : i + G] for i in range(0, len(trajs), G)]
         sampled = list(groups)
         info = {"zero_variance_groups": sum(1 for g in groups if len({t.reward for t in g}) == 1) / len(groups)}
@@ -249,7 +255,7 @@ class GRPORecipe:
                 if needed == 0:
                     break
                 tasks = self.my_share(self.next_tasks(needed * self.world))[: selection.needed]
-                more = self.rollout_tasks(tasks, step, seed + 7919 * (r + 1), f"s{step}r{r + 1}-") if tasks else []
+                more = self.rollout_tasks(tasks, stored, seed + 7919 * (r + 1), f"s{stored}r{r + 1}-") if tasks else []
                 sampled += [more[i : i + G] for i in range(0, len(more), G)]
                 selection = select_groups(sampled, share)
             groups = selection.groups or groups  # all flat: train on nothing new rather than stall
