@@ -6,13 +6,12 @@ the environment's scripted policy (its package's `scripted_turns`, deliberately 
 quality 1) or the tiny offline Qwen2.5-VL. Prints what happened and writes a replayable run with an
 HTML report of the image chains.
 
-`--out` is replaced only when an earlier `agent-grpo rollouts` wrote it (it carries `MARKER`); any other
-existing, non-empty folder is refused, so `--out .` can never delete a repository.
+`--out` is replaced only when agent-grpo wrote it (it carries `_outputs.MARKER`); any other existing,
+non-empty folder is refused, so `--out .` can never delete a repository.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
@@ -20,9 +19,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent_grpo.cli._console import make_console
+from agent_grpo.cli._outputs import MARKER, check_replaceable, replace
 from agent_grpo.errors import ConfigError
 
-MARKER = ".agent-grpo-rollouts"
+__all__ = ["MARKER", "rollouts"]
 
 
 def rollouts(
@@ -92,10 +92,7 @@ def rollouts(
         for t, a in zip(trajs, advantages.tolist(), strict=True):
             t.advantage = a
 
-        check_replaceable(out)  # again: something may have appeared there meanwhile
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        (out / MARKER).write_text("written by `agent-grpo rollouts`, which may replace this folder\n")
+        replace(out, "rollouts")  # checked again: something may have appeared there meanwhile
         meta = RunMeta.from_env(env, recipe="rollouts", policy=policy, seed=seed)
         with RunStore.create(out, meta=meta) as store:
             store.extend(trajs)
@@ -118,17 +115,3 @@ def rollouts(
                   markup=False)
     console.print(f"run: {out}  (agent-grpo replay list {out})\nreport: {report}", markup=False)
 
-
-def check_replaceable(out: Path) -> None:
-    """`out` may be (re)written: missing, empty, or an earlier rollouts run; anything else is refused."""
-    if out.is_symlink():
-        raise ConfigError(f"--out: {out} is a symbolic link; pass a real folder")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"--out: {out} is a file; choose a folder for the run")
-    if any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ConfigError(
-            f"--out: {out} already holds files that `agent-grpo rollouts` did not write (it has no {MARKER}); "
-            "nothing was deleted: choose a new folder, or remove that one yourself"
-        )
