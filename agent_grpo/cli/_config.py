@@ -21,6 +21,14 @@ def load_and_check(path: Path | None, overrides: list[str], model: type[BaseMode
     return cfg
 
 
+def print_config(console, cfg: BaseModel) -> None:
+    """`--check`: the validated config as JSON, highlighted on a terminal, plain (never wrapped) in a pipe."""
+    if console.is_terminal:
+        console.print_json(cfg.model_dump_json())
+    else:
+        print(cfg.model_dump_json(indent=2), flush=True)
+
+
 def check_out_dir(path: Path, field: str) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{field}: {path} exists and is not a folder; choose a folder")

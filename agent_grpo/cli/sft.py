@@ -19,13 +19,13 @@ def sft(
     ),
 ) -> None:
     """Supervised warm start on demonstrations (scripted, a run directory or an export); loss on model turns only."""
-    from agent_grpo.cli._config import load_and_check
+    from agent_grpo.cli._config import load_and_check, print_config
     from agent_grpo.recipes.sft import SFTConfig
 
     console = make_console()
     cfg = load_and_check(config, set_, SFTConfig)  # a ConfigError exits 2 with its message (cli/main.py)
     if check:
-        console.print_json(cfg.model_dump_json())
+        print_config(console, cfg)
         return
     from agent_grpo.recipes.sft import SFTRecipe
 

@@ -19,13 +19,13 @@ def train(
     ),
 ) -> None:
     """Train a policy with GRPO on an environment. The config is checked before any model is loaded."""
-    from agent_grpo.cli._config import load_and_check
+    from agent_grpo.cli._config import load_and_check, print_config
     from agent_grpo.train.config import TrainConfig
 
     console = make_console()
     cfg = load_and_check(config, set_, TrainConfig)  # a ConfigError exits 2 with its message (cli/main.py)
     if check:
-        console.print_json(cfg.model_dump_json())
+        print_config(console, cfg)
         return
     from agent_grpo.recipes.grpo import GRPORecipe
 

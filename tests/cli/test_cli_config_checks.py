@@ -120,3 +120,12 @@ def test_model_path_to_a_training_checkpoint_names_its_model_folder(tmp_path):
 def test_sft_refuses_a_negative_seed_too():
     result, output = run("sft", "--check", "--set", "seed=-1")
     assert result.exit_code == 2 and "seed" in output and "greater than or equal to 0" in output
+
+
+def test_check_prints_the_config_as_json_that_survives_a_pipe(tmp_path):
+    import json
+
+    out = tmp_path / ("a-very-long-folder-name-" * 8) / "run"
+    result = CliRunner().invoke(app, ["train", "--check", "--set", f"out_dir={out}"])  # not a terminal
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["out_dir"] == str(out)  # no line wrapped inside a value
