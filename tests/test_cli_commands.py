@@ -33,12 +33,21 @@ def example_plugins(tmp_path_factory) -> Path:
 
 
 def test_tools_list_shows_the_builtin_plugin_package():
-    out = cli("tools", "list", "--schema")
+    out = cli("tools", "list")
     assert out.returncode == 0, out.stderr
     for name in ("zoom_in", "crop", "rotate", "flip", "enhance", "grid"):
         assert name in out.stdout
     assert "agent-grpo-tools" in out.stdout and "image_zoom_in_tool" in out.stdout
-    assert '"bbox_2d"' in out.stdout  # the JSON schema the model is shown
+
+
+def test_tools_list_schema_piped_is_one_json_document():
+    out = cli("tools", "list", "--schema")  # stdout is a pipe
+    assert out.returncode == 0, out.stderr
+    schemas = json.loads(out.stdout)  # before: a table and one highlighted block per tool, padded to 160 columns
+    names = {s["function"]["name"] for s in schemas}
+    assert {"zoom_in", "crop", "rotate", "flip", "enhance", "grid"} <= names
+    [zoom] = [s for s in schemas if s["function"]["name"] == "zoom_in"]
+    assert "bbox_2d" in zoom["function"]["parameters"]["properties"]  # the JSON schema the model is shown
 
 
 def test_installed_example_plugins_appear(example_plugins):

@@ -33,13 +33,17 @@ def demo(
     out: Path = typer.Option(None, "--out", help="output folder (default: the config's out_dir, runs/demo)"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a field: --set grpo.steps=80"),
     quick: bool = typer.Option(False, "--quick", help="a few-minute smoke run of every stage (no learning)"),
-    fresh: bool = typer.Option(False, "--fresh", help="delete the output folder first (default: resume it)"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="delete the output folder first, if agent-grpo wrote it (default: resume it)"
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress bars: a log line per step instead"),
+    log_every: int = typer.Option(
+        1, "--log-every", min=1, help="without a live bar (a pipe, a batch job, --no-progress): a line every N steps"
+    ),
 ) -> None:
     """Pretrained tiny VLM -> eval -> SFT -> eval -> GRPO -> eval on visual-search; table, plots, report."""
-    import shutil
-
-    from agent_grpo.errors import ConfigError
+    from agent_grpo.cli._config import check_out_dir
+    from agent_grpo.cli._outputs import claim, replace
     from agent_grpo.recipes.pipeline import Pipeline, load_pipeline_config
 
     console = make_console()
@@ -48,14 +52,13 @@ def demo(
         overrides.append(f"out_dir={out}")
     elif quick:
         overrides.append("out_dir=runs/demo_quick")
-    try:
-        cfg = load_pipeline_config(config or default_config(), overrides)
-    except ConfigError as e:
-        console.print(str(e), markup=False)
-        raise typer.Exit(2) from e
+    cfg = load_pipeline_config(config or default_config(), overrides)  # a ConfigError: a message (cli/main.py)
+    check_out_dir(cfg.out_dir, "--out")
     if fresh:
-        shutil.rmtree(cfg.out_dir, ignore_errors=True)
-    pipeline = Pipeline(cfg, console=console, progress=not no_progress)
+        replace(cfg.out_dir, "demo")  # never a folder agent-grpo did not write
+    else:
+        claim(cfg.out_dir, "demo")
+    pipeline = Pipeline(cfg, console=console, progress=not no_progress, log_every=log_every)
     pipeline.run()
     console.print(pipeline.summary(), markup=False)
     console.print(f"\nresults: {cfg.out_dir / 'results.md'}\ncurves:  {cfg.out_dir / 'curves_grpo.png'}, "

@@ -38,9 +38,13 @@ def show_env(
     seed: int = typer.Option(0, help="task seed"),
 ) -> None:
     """Render N sample tasks of ENV to PNG files in OUT and print what was written."""
+    from agent_grpo.cli._config import check_out_dir
+
     console = make_console()
-    environment = make_env(env)
+    check_out_dir(out, "--out")
+    environment = make_env(env)  # an unknown name is a PluginError: a message (cli/main.py)
     if split not in environment.splits:
+        environment.shutdown()
         raise typer.BadParameter(f"split {split!r} not in {environment.splits}", param_hint="--split")
     out.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"{env}: {n} {split} tasks -> {out}")

@@ -1,8 +1,15 @@
-"""The `agent-grpo` console script: one app, one sub-command group per area."""
+"""The `agent-grpo` console script: one app, one sub-command group per area.
+
+Errors agent-grpo raises on purpose (`AgentGrpoError`: a bad config, a missing plugin, an unreadable run)
+end any command with their message and exit status 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from typer.core import TyperGroup
 
 from agent_grpo.cli.demo import demo
 from agent_grpo.cli.envs import envs_app
@@ -11,8 +18,22 @@ from agent_grpo.cli.rollouts import rollouts
 from agent_grpo.cli.sft import sft
 from agent_grpo.cli.tools import tools_app
 from agent_grpo.cli.train import train
+from agent_grpo.errors import AgentGrpoError
+
+
+class _UserErrorsAsMessages(TyperGroup):
+    """The top-level group: a user's mistake is a message, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AgentGrpoError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise typer.Exit(2) from e
+
 
 app = typer.Typer(
+    cls=_UserErrorsAsMessages,
     name="agent-grpo",
     help="Train vision-language models to think with images: tools, environments, rollouts, GRPO, replay.",
     no_args_is_help=True,

@@ -13,32 +13,25 @@ def sft(
     config: Path = typer.Argument(None, help="YAML config (see examples/configs/); omit for all defaults"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a field: --set data.quality=0.8"),
     check: bool = typer.Option(False, "--check", help="validate the config and exit"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress bar: a log line per step instead"),
+    log_every: int = typer.Option(
+        1, "--log-every", min=1, help="without a live bar (a pipe, a batch job, --no-progress): a line every N steps"
+    ),
 ) -> None:
     """Supervised warm start on demonstrations (scripted, a run directory or an export); loss on model turns only."""
-    from agent_grpo.errors import ConfigError
+    from agent_grpo.cli._config import load_and_check, print_config
     from agent_grpo.recipes.sft import SFTConfig
-    from agent_grpo.train.config import load_config
 
     console = make_console()
-    try:
-        cfg = load_config(config, set_, model=SFTConfig)
-    except ConfigError as e:
-        console.print(str(e), markup=False)
-        raise typer.Exit(2) from e
+    cfg = load_and_check(config, set_, SFTConfig)  # a ConfigError exits 2 with its message (cli/main.py)
     if check:
-        console.print_json(cfg.model_dump_json())
+        print_config(console, cfg)
         return
     from agent_grpo.recipes.sft import SFTRecipe
 
-    recipe = SFTRecipe(cfg, console=console, progress=not no_progress)
+    recipe = SFTRecipe(cfg, console=console, progress=not no_progress, log_every=log_every)
     try:
-        recipe.setup()
-    except ConfigError as e:  # checks that need the data, e.g. too few demonstrations left after filtering
-        console.print(str(e), markup=False)
-        recipe.cleanup()
-        raise typer.Exit(2) from e
-    try:
+        recipe.setup()  # a ConfigError here: checks that need the data, e.g. too few demonstrations
         recipe.train()
     finally:
         recipe.cleanup()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.syntax import Syntax
 from rich.table import Table
 
 from agent_grpo.cli._console import make_console
@@ -16,11 +15,16 @@ tools_app = typer.Typer(help="Inspect installed tool plugins (entry-point group 
 
 @tools_app.command("list")
 def list_tools(
-    schema: bool = typer.Option(False, "--schema", help="also print each tool's JSON schema, as the model sees it"),
+    schema: bool = typer.Option(
+        False, "--schema", help="print the tools' JSON schemas, as the model sees them (piped: the JSON alone)"
+    ),
 ) -> None:
     """List installed tools with their package, box frame and argument schema."""
     registry = load_tools()
     console = make_console()
+    if schema and not console.is_terminal:  # for `| jq` and scripts: one JSON document, nothing else
+        typer.echo(json.dumps([t.json_schema() for t in registry], indent=2))
+        return
     table = Table(title=f"{len(registry)} tools installed")
     for col in ("name", "aliases", "package", "box frame", "images", "deterministic", "arguments"):
         table.add_column(col)
@@ -34,5 +38,4 @@ def list_tools(
         )
     console.print(table)
     if schema:
-        for t in registry:
-            console.print(Syntax(json.dumps(t.json_schema(), indent=2), "json"))
+        console.print_json(json.dumps([t.json_schema() for t in registry]))

@@ -13,29 +13,24 @@ def train(
     config: Path = typer.Argument(None, help="YAML config (see examples/configs/); omit for all defaults"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a field: --set rollout.group_size=4"),
     check: bool = typer.Option(False, "--check", help="validate the config and exit"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress bar: a log line per step instead"),
+    log_every: int = typer.Option(
+        1, "--log-every", min=1, help="without a live bar (a pipe, a batch job, --no-progress): a line every N steps"
+    ),
 ) -> None:
     """Train a policy with GRPO on an environment. The config is checked before any model is loaded."""
-    from agent_grpo.errors import ConfigError
-    from agent_grpo.train.config import load_config
+    from agent_grpo.cli._config import load_and_check, print_config
+    from agent_grpo.train.config import TrainConfig
 
     console = make_console()
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as e:
-        console.print(str(e), markup=False)
-        raise typer.Exit(2) from e
+    cfg = load_and_check(config, set_, TrainConfig)  # a ConfigError exits 2 with its message (cli/main.py)
     if check:
-        console.print_json(cfg.model_dump_json())
+        print_config(console, cfg)
         return
     from agent_grpo.recipes.grpo import GRPORecipe
 
-    recipe = GRPORecipe(cfg, console=console, progress=not no_progress)
-    try:
-        recipe.setup()
-    except ConfigError as e:  # cross-checks that need the environment or the process count
-        console.print(str(e), markup=False)
-        raise typer.Exit(2) from e
+    recipe = GRPORecipe(cfg, console=console, progress=not no_progress, log_every=log_every)
+    recipe.setup()  # a ConfigError here: cross-checks that need the environment or the process count
     try:
         recipe.train()
     finally:

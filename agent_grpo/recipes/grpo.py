@@ -33,14 +33,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
@@ -58,6 +50,7 @@ from agent_grpo.train.config import TrainConfig
 from agent_grpo.train.fsdp import check_fsdp, copy_full_weights, fsdp_plugin, shard_model
 from agent_grpo.train.metrics import InstabilityMonitor, MetricsLogger, read_metrics, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights, reference_model
+from agent_grpo.train.progress import StepProgress
 from agent_grpo.train.step import grpo_update
 from agent_grpo.trajectory import Task, Trajectory
 
@@ -153,10 +146,11 @@ def mean_across(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 class GRPORecipe:
-    def __init__(self, cfg: TrainConfig, console: Console | None = None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, console: Console | None = None, progress: bool = True, log_every: int = 1):
         self.cfg = cfg
         self.console = console or Console()
-        self.show_progress = progress
+        self.show_progress = progress  # a live bar on a terminal; else a log line every `log_every` steps
+        self.log_every = log_every
         seed_everything(cfg.seed)
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -221,14 +215,19 @@ class GRPORecipe:
         )
         self.driver = RolloutDriver(self.env, self.engine, self.chat, rollout)
         self.store = self.logger = None
+        # Trajectories are stored with the 1-based step of metrics and checkpoints; a run begun before that
+        # (no `first_step` in its meta.json) keeps its 0-based numbering when resumed, so its ids stay unique.
+        meta_path = cfg.out_dir / "trajectories" / "meta.json"
+        self.first_step = RunMeta.load(meta_path).extra.get("first_step", 0) if meta_path.exists() else 1
         if self.is_main:
             images = None if cfg.store_images else ImagePolicy(max_bytes=0, sample_every=0)
             self.store = RunStore.create(
-                cfg.out_dir / "trajectories", meta=RunMeta.from_env(self.env, recipe="grpo", seed=cfg.seed),
+                cfg.out_dir / "trajectories",
+                meta=RunMeta.from_env(self.env, recipe="grpo", seed=cfg.seed, first_step=1),  # steps count from 1
                 images=images,
             )
-            # Trajectory steps are 0-based (rollout step s is checkpoint s + 1): from `self.step` on, redone.
-            if moved := self.store.supersede_from(self.step):
+            # The first redone step is checkpoint `self.step` + 1, stored as `self.step + first_step`.
+            if moved := self.store.supersede_from(self.step + self.first_step):
                 self.console.print(f"{moved} stored trajectories of the redone steps moved to "
                                    f"{self.store.path / 'superseded'}", markup=False, highlight=False)
             self.logger = MetricsLogger(cfg.out_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb)
@@ -270,13 +269,16 @@ class GRPORecipe:
     # ---- train ---------------------------------------------------------------------------------
 
     def rollout_step(self, step: int) -> tuple[list, list, dict[str, float]]:
-        """Sample this process's groups for one step; with dynamic sampling, refill zero-variance groups.
+        """Sample this process's groups for step `step` (1-based, as metrics and checkpoints count); with
+        dynamic sampling, refill zero-variance groups.
 
         Returns (every trajectory sampled, the ones trained on with `advantage` set, metrics)."""
         cfg = self.cfg
         G, share = cfg.rollout.group_size, cfg.rollout.tasks_per_step // self.world
-        seed = cfg.seed * 100_003 + step + 104_729 * self.rank  # processes sample independently
-        trajs = self.rollout_tasks(self.my_share(self.next_tasks(cfg.rollout.tasks_per_step)), step, seed, f"s{step}-")
+        seed = cfg.seed * 100_003 + (step - 1) + 104_729 * self.rank  # processes sample independently
+        stored = step - 1 + self.first_step  # the step number stored with the trajectories (see setup)
+        tasks = self.my_share(self.next_tasks(cfg.rollout.tasks_per_step))
+        trajs = self.rollout_tasks(tasks, stored, seed, f"s{stored}-")
         groups = [trajs[i : i + G] for i in range(0, len(trajs), G)]
         sampled = list(groups)
         info = {"zero_variance_groups": sum(1 for g in groups if len({t.reward for t in g}) == 1) / len(groups)}
@@ -288,7 +290,7 @@ class GRPORecipe:
                 if needed == 0:
                     break
                 tasks = self.my_share(self.next_tasks(needed * self.world))[: selection.needed]
-                more = self.rollout_tasks(tasks, step, seed + 7919 * (r + 1), f"s{step}r{r + 1}-") if tasks else []
+                more = self.rollout_tasks(tasks, stored, seed + 7919 * (r + 1), f"s{stored}r{r + 1}-") if tasks else []
                 sampled += [more[i : i + G] for i in range(0, len(more), G)]
                 selection = select_groups(sampled, share)
             groups = selection.groups or groups  # all flat: train on nothing new rather than stall
@@ -302,12 +304,10 @@ class GRPORecipe:
 
     def train(self) -> None:
         cfg = self.cfg
-        columns = [TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=self.console, disable=not (self.show_progress and self.is_main)) as bar:
-            task = bar.add_task("train", total=cfg.steps, completed=self.step, info="")
+        with StepProgress("GRPO", cfg.steps, self.step, self.console, bar=self.show_progress,
+                          log_every=self.log_every, enabled=self.is_main) as bar:
             while self.step < cfg.steps:
-                step = self.step
+                step = self.step + 1  # the step being made, counted from 1 like metrics and checkpoints
                 t0 = time.perf_counter()
                 all_sampled, kept, info = self.rollout_step(step)
                 t1 = time.perf_counter()
@@ -332,14 +332,14 @@ class GRPORecipe:
                     self.store.extend(t for t in everyone if t.id not in self.store)
                     self.logger.log(self.step, metrics)
                     for warning in self.monitor.check(metrics):
-                        bar.console.print(f"[yellow]warning:[/] {warning}")
+                        bar.print(f"[yellow]warning:[/] {warning}")
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self.save()
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
                     evaluation = self.evaluate()
                     if self.is_main:
                         self.logger.log(self.step, evaluation)
-                bar.update(task, completed=self.step,
+                bar.update(self.step,
                            info=f"reward {metrics['reward']:.2f} acc {metrics.get('reward/accuracy', float('nan')):.2f} "
                                 f"calls {metrics['tool_calls_per_traj']:.1f}")
 

@@ -69,10 +69,11 @@ def load_pipeline_config(path: Path, overrides: list[str] = ()) -> PipelineConfi
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, console: Console | None = None, progress: bool = True):
+    def __init__(self, cfg: PipelineConfig, console: Console | None = None, progress: bool = True, log_every: int = 1):
         self.cfg = cfg
         self.console = console or Console()
         self.progress = progress
+        self.log_every = log_every  # without a live bar: a log line every this many training steps
         self.results: list[EvalResult] = []
 
     # ---- stages --------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ class Pipeline:
         stage.env.options = {**self.cfg.env_options, **stage.env.options}
         done = latest_checkpoint(stage.out_dir)
         if done is None or checkpoint_step(done) < stage.steps:
-            recipe = recipe_cls(stage, console=self.console, progress=self.progress)
+            recipe = recipe_cls(stage, console=self.console, progress=self.progress, log_every=self.log_every)
             recipe.setup()
             try:
                 recipe.train()

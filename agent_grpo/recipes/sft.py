@@ -21,14 +21,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
@@ -36,9 +28,10 @@ from agent_grpo.models.chat import ChatFormat
 from agent_grpo.recipes.grpo import drop_metrics_after, lr_lambda, resume_point, seed_everything
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams
 from agent_grpo.train.checkpoint import load_training_state, save_checkpoint
-from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig
+from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig, Seed
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
+from agent_grpo.train.progress import StepProgress
 from agent_grpo.train.sft_data import SFTDataConfig, load_sft_data
 from agent_grpo.train.sft_loss import sft_evaluate, sft_update
 from agent_grpo.trajectory import ToolErrorKind, Trajectory
@@ -66,7 +59,7 @@ class SFTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out_dir: Path = Path("runs/sft")
-    seed: int = 0
+    seed: Seed = 0
     steps: int = Field(default=100, ge=1, description="optimizer steps")
     batch_size: int = Field(default=8, ge=1, description="demonstrations (trajectories) per optimizer step")
     save_every: int = Field(default=50, ge=1)
@@ -107,10 +100,11 @@ def first_call_quality(traj: Trajectory) -> tuple[bool, bool]:
 
 
 class SFTRecipe:
-    def __init__(self, cfg: SFTConfig, console: Console | None = None, progress: bool = True):
+    def __init__(self, cfg: SFTConfig, console: Console | None = None, progress: bool = True, log_every: int = 1):
         self.cfg = cfg
         self.console = console or Console()
-        self.show_progress = progress
+        self.show_progress = progress  # a live bar on a terminal; else a log line every `log_every` steps
+        self.log_every = log_every
         self.merged_path: Path | None = None  # with LoRA, the merged checkpoint written after training
         self.env = self.logger = None  # set by setup(); cleanup() also runs after a setup that failed
         seed_everything(cfg.seed)
@@ -177,10 +171,8 @@ class SFTRecipe:
 
     def train(self) -> None:
         cfg = self.cfg
-        columns = [TextColumn("[bold]SFT"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=self.console, disable=not self.show_progress) as bar:
-            task = bar.add_task("sft", total=cfg.steps, completed=self.step, info="")
+        with StepProgress("SFT", cfg.steps, self.step, self.console, bar=self.show_progress,
+                          log_every=self.log_every) as bar:
             while self.step < cfg.steps:
                 metrics = sft_update(
                     self.model, self.optimizer, self.scheduler, self.next_batch(), self.chat, self.env.budget,
@@ -197,7 +189,7 @@ class SFTRecipe:
                 info = f"loss {metrics['loss']:.3f} acc {metrics['token_accuracy']:.2f}"
                 if "eval/loss" in metrics:
                     info += f" eval loss {metrics['eval/loss']:.3f}"
-                bar.update(task, completed=self.step, info=info)
+                bar.update(self.step, info=info)
         self.merged_path = self.export_merged()
 
     def evaluate(self) -> dict[str, float]:

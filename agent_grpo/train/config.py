@@ -7,8 +7,9 @@ fail with the value, the reason and the fix.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,6 +20,12 @@ from agent_grpo.rollout.engine import SamplingParams
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# numpy's global seed takes 0 <= seed < 2**32; a negative seed fails deep inside setup otherwise.
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="random seed, 0 <= seed < 2**32")]
+# AdamW's moment decay rates.
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class _Sampling(SamplingParams):
@@ -80,7 +87,7 @@ class LossConfig(_Strict):
 class OptimConfig(_Strict):
     lr: float = Field(default=1e-5, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.99), description="AdamW (beta1, beta2), each in [0, 1)")
     warmup_steps: int = Field(default=0, ge=0)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     max_grad_norm: float = Field(default=1.0, gt=0)
@@ -91,7 +98,7 @@ class TrainConfig(_Strict):
     """`agent-grpo train CONFIG.yaml`: everything a GRPO run needs."""
 
     out_dir: Path = Path("runs/grpo")
-    seed: int = 0
+    seed: Seed = 0
     steps: int = Field(default=100, ge=1)
     save_every: int = Field(default=50, ge=1)
     eval_every: int = Field(default=0, ge=0, description="0: evaluate only at the end")
@@ -120,40 +127,99 @@ class TrainConfig(_Strict):
         return self
 
 
-def _set_path(data: dict, dotted: str, value: Any) -> None:
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few hundred bytes of nested aliases ("billion laughs") expand
+    to billions of values once validated. Configs never need them; `--set` overrides repeat a value."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a config; write the values out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values, refusing aliases (see `_NoAliasLoader`)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml_file(path: str | Path) -> dict:
+    """A config file's mapping of settings; every way it can be unreadable is a ConfigError."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; pass a YAML file (see examples/configs/)")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file; pass a YAML file (see examples/configs/)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    try:
+        data = parse_yaml(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one `section.key=value` override to `data` (the value is parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    dotted, raw = (part.strip() for part in item.split("=", 1))
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"override {item!r}: {dotted!r} is not a setting name; write section.key=value")
+    try:
+        value = parse_yaml(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML ({problem}); quote it") from e
     node = data
-    for key in keys[:-1]:
+    for i, key in enumerate(keys[:-1]):
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: {key} is not a section")
+            raise ConfigError(f"override {item!r}: {'.'.join(keys[: i + 1])} is a value, not a section")
     node[keys[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), model=TrainConfig):
     """Read YAML (optional) and apply `a.b=value` overrides (values parsed as YAML), then validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist; pass a YAML file (see examples/configs/)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    data = read_yaml_file(path) if path is not None else {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+        apply_override(data, item)
+    where = f" in {path}" if path else ""
     try:
-        return model.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as e:
         lines = [f"  {_explain(err, model)}" for err in e.errors()]
-        where = f" in {path}" if path else ""
         raise ConfigError(f"invalid training config{where}:\n" + "\n".join(lines)) from e
+    bad = [f"  {name}: must be a finite number, got {value!r}; write a finite value" for name, value in _non_finite(cfg)]
+    if bad:
+        raise ConfigError(f"invalid training config{where}:\n" + "\n".join(bad))
+    return cfg
+
+
+def _non_finite(value: Any, where: str = "") -> list[tuple[str, float]]:
+    """(field, value) for every inf or NaN float anywhere in a validated config: `.inf` or `.nan` parse as
+    floats and pass `gt=0`-style bounds, then poison the run (a NaN learning rate trains nothing)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [(where or "config", value)]
+    if isinstance(value, BaseModel):
+        items = ((name, getattr(value, name)) for name in type(value).model_fields)
+    elif isinstance(value, dict):
+        items = ((str(k), v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return []
+    return [found for name, v in items for found in _non_finite(v, f"{where}.{name}" if where else name)]
 
 
 def _section(model, loc: list[str]):
@@ -179,7 +245,13 @@ def _explain(err: dict, model) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:
         return msg
-    parent = _section(model, loc[:-1])
-    field = parent.model_fields.get(loc[-1]) if parent else None
-    about = f" ({field.description})" if field is not None and field.description else ""
-    return f"{where}: {msg}, got {err.get('input')!r}{about}"
+    about = ""
+    for i in range(len(loc), 0, -1):  # the innermost named field: `optim.betas.0` is described by `betas`
+        parent = _section(model, loc[: i - 1])
+        field = parent.model_fields.get(loc[i - 1]) if parent else None
+        if field is not None:
+            about = f" ({field.description})" if field.description else ""
+            break
+    got = repr(err.get("input"))
+    got = got if len(got) <= 200 else got[:200] + "..."
+    return f"{where}: {msg}, got {got}{about}"

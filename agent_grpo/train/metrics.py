@@ -15,9 +15,18 @@ from pathlib import Path
 
 from agent_grpo.trajectory import Trajectory
 
+# Flags the rollout driver sets only on the trajectories they happen to: a rate over all trajectories.
+EVENT_FLAGS = ("prompt_too_long", "template_mismatch", "context_overflow")
+
 
 def trajectory_metrics(trajs: list[Trajectory], prefix: str = "") -> dict[str, float]:
-    """Means over a step's trajectories: rewards by component, tool use, lengths, terminations, times."""
+    """Means over a step's trajectories: rewards by component, tool use, terminations, and every numeric
+    trajectory metric (the driver's lengths and times, the environment's `on_finish` metrics, the rubric's
+    metrics such as reward-hacking indicators) under its own name, plus each tool's own metrics.
+
+    A trajectory metric is averaged over the trajectories that report it (an environment may leave out a
+    zoom precision where nothing was zoomed); NaN and inf values are left out; `EVENT_FLAGS` count as 0
+    where absent."""
     if not trajs:
         return {}
     n = len(trajs)
@@ -29,14 +38,25 @@ def trajectory_metrics(trajs: list[Trajectory], prefix: str = "") -> dict[str, f
     out["tool_calls_per_traj"] = sum(calls) / n
     out["tool_failure_rate"] = failed / sum(calls) if sum(calls) else 0.0
     out["tool_use_rate"] = sum(1 for c in calls if c) / n
-    for key in ("response_tokens", "turns", "zoom_precision", "zoom_cell_iou", "needless_zooms", "time_generation_s",
-                "time_env_s"):
-        values = [t.metrics[key] for t in trajs if key in t.metrics and math.isfinite(t.metrics[key])]
-        if values:
-            out[key] = sum(values) / len(values)
+    values: dict[str, list[float]] = {}
+    for t in trajs:
+        for key, value in t.metrics.items():
+            _collect(values, key, value)
+        for result in t.tool_results:
+            for key, value in result.metrics.items():
+                _collect(values, f"tool/{result.name}/{key}", value)
+    for key in sorted(values):
+        if key not in out:  # a metric named like a built-in one never replaces it
+            total = n if key in EVENT_FLAGS else len(values[key])
+            out[key] = sum(values[key]) / total
     for reason, count in Counter(t.termination.value if t.termination else "none" for t in trajs).items():
         out[f"termination/{reason}"] = count / n
     return {f"{prefix}{k}": float(v) for k, v in out.items()}
+
+
+def _collect(values: dict[str, list[float]], key: str, value) -> None:
+    if isinstance(value, bool | int | float) and math.isfinite(value):
+        values.setdefault(key, []).append(float(value))
 
 
 class MetricsLogger:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,16 @@ ARTIFACTS = Path(os.environ.get("AGENT_GRPO_TEST_ARTIFACTS", Path(__file__).with
 BOX_C0 = (0xE6, 0x19, 0x4B)  # .c0 stroke: sample 0's zoom boxes
 SQUARE = (220, 30, 30)  # the red square of task train-0-0, large in the crops
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]
+
+
+def why_no_chromium() -> str:
+    """The reason `scripts/setup.sh dev` wrote into the venv when it could not install Chromium, if it did."""
+    status = Path(sys.prefix) / "chromium-status.txt"
+    detail = status.read_text().strip() if status.is_file() else "`scripts/setup.sh dev` installs it (apt-get, as root)"
+    return f"chromium is not installed: {detail}"
+
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason=why_no_chromium())]
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -31,7 +31,8 @@ def test_train_runs_end_to_end_on_visual_search(tmp_path):
     )
     result = CliRunner().invoke(app, ["train", str(config)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
-    assert "GRPO" in result.output and "2/2" in result.output  # the progress bar, finished
+    # Not a terminal: one log line per step, not a bar drawn only at the end.
+    assert "GRPO step 1/2 | reward" in result.output and "GRPO step 2/2 | reward" in result.output
     assert f"done: metrics in {out / 'metrics.jsonl'}" in "".join(result.output.split("\n"))
 
     rows = read_metrics(out / "metrics.jsonl")
@@ -51,8 +52,9 @@ def test_train_runs_end_to_end_on_visual_search(tmp_path):
     store = RunStore.open(out / "trajectories")
     assert len(store) == 2 * 2 * 2  # steps x tasks x G
     assert store.meta.env == "visual-search"
+    assert sorted({r.step for r in store.rows}) == [1, 2]  # the steps of metrics.jsonl and checkpoints
     traj = store.read(store.rows[0].id, images=True)
-    assert traj.segments and traj.images[0].has_pixels and traj.step == 0
+    assert traj.segments and traj.images[0].has_pixels and traj.step == 1  # steps count from 1 everywhere
 
 
 BAD = {

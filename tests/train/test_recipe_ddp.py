@@ -37,7 +37,7 @@ def test_two_process_cpu_run(tmp_path):
     assert all(r["grad_norm"] > 0 for r in rows)
     ids = [r.id for r in RunStore.open(out / "trajectories").rows]
     assert len(ids) == len(set(ids)) == STEPS * 4 * 3  # both processes' trajectories, gathered, stored once
-    per_step = {s: {i.split("-", 1)[1].rsplit("-", 1)[0] for i in ids if i.startswith(f"s{s}-")} for s in range(STEPS)}
+    per_step = {s: {i.split("-", 1)[1].rsplit("-", 1)[0] for i in ids if i.startswith(f"s{s}-")} for s in range(1, STEPS + 1)}
     assert all(len(tasks) == 4 for tasks in per_step.values())  # the processes rolled out different tasks
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
     state = json.loads((out / "checkpoints" / "step_000002" / "trainer_state.json").read_text())

@@ -42,7 +42,7 @@ class VaryingPromptEnv(TextRewardEnv):
 
     def on_start(self, episode):
         stop = os.environ.get("{EXIT_AT_STEP}")
-        if stop is not None and episode.trajectory.group_id.startswith(f"s{{stop}}-"):
+        if stop is not None and episode.trajectory.group_id.startswith(f"s{{int(stop) + 1}}-"):  # ids: 1-based
             os._exit(17)
 '''
 # Rows of 128 or 152 tokens, 6 per process: a 450-token budget packs 3 short or 2 long rows. Two

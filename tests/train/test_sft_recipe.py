@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
-from agent_grpo.cli.sft import sft
+from agent_grpo.cli.main import app
 from agent_grpo.models.chat import ChatFormat
 from agent_grpo.models.loading import load_policy
 from agent_grpo.recipes.sft import SFTConfig, SFTRecipe
@@ -126,20 +125,16 @@ def test_lora_run_writes_a_merged_checkpoint(tmp_path):
 
 
 def test_cli_checks_configs():
-    app = typer.Typer()
-    app.command()(sft)
-    runner = CliRunner()
-    ok = runner.invoke(app, [str(EXAMPLE), "--check", "--set", "steps=7"])
+    runner = CliRunner()  # through the real app: its top-level guard turns a ConfigError into exit 2
+    ok = runner.invoke(app, ["sft", str(EXAMPLE), "--check", "--set", "steps=7"])
     assert ok.exit_code == 0, ok.output
     assert '"steps": 7' in ok.output and '"source": "scripted"' in ok.output
-    bad = runner.invoke(app, [str(EXAMPLE), "--check", "--set", "data.source=run"])
+    bad = runner.invoke(app, ["sft", str(EXAMPLE), "--check", "--set", "data.source=run"])
     assert bad.exit_code == 2 and "needs data.path" in bad.output
 
 
 def test_cli_reports_too_few_demonstrations_without_a_traceback(tmp_path):
-    app = typer.Typer()
-    app.command()(sft)
-    out = CliRunner().invoke(app, ["--no-progress", "--set", f"out_dir={tmp_path / 'run'}", "--set", "env.num_train_tasks=2",
+    out = CliRunner().invoke(app, ["sft", "--no-progress", "--set", f"out_dir={tmp_path / 'run'}", "--set", "env.num_train_tasks=2",
                                    "--set", "env.num_eval_tasks=1", "--set", "batch_size=8", "--set", "tensorboard=false"])
     assert out.exit_code == 2, out.output
     assert "only 2 demonstrations are left" in out.output and "Traceback" not in out.output

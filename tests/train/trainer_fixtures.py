@@ -66,7 +66,8 @@ class TextRewardEnv(Environment):
 
     def on_start(self, episode):
         pause = os.environ.get(PAUSE_AT_STEP)
-        if pause is not None and episode.trajectory.group_id.startswith(f"s{pause}-"):
+        # Trajectory ids carry the 1-based step (s1- is the first step's); the variable stays 0-based.
+        if pause is not None and episode.trajectory.group_id.startswith(f"s{int(pause) + 1}-"):
             Path(os.environ[PAUSE_MARKER]).write_text(episode.trajectory.group_id)
             time.sleep(300)  # killed long before this returns
 
