@@ -40,6 +40,7 @@ from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
 from agent_grpo.train.sft_data import SFTDataConfig, load_sft_data
+from agent_grpo.train.precision import build_optimizer
 from agent_grpo.train.sft_loss import sft_evaluate, sft_update
 from agent_grpo.trajectory import ToolErrorKind, Trajectory
 
@@ -144,9 +145,7 @@ class SFTRecipe:
                 f"{cfg.batch_size}; lower batch_size, add tasks (env.num_train_tasks) or relax the data filters"
             )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
+        self.optimizer = build_optimizer(trainable, cfg.optim, cfg.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0
         self.data_position = 0  # demonstrations consumed so far, across epochs
@@ -184,6 +183,7 @@ class SFTRecipe:
                 metrics = sft_update(
                     self.model, self.optimizer, self.scheduler, self.next_batch(), self.chat, self.env.budget,
                     micro_batch_tokens=cfg.optim.micro_batch_tokens, max_grad_norm=cfg.optim.max_grad_norm,
+                    packing=cfg.optim.packing, head_chunk_tokens=cfg.optim.head_chunk_tokens,
                 )
                 self.step += 1
                 metrics["epoch"] = self.data_position / len(self.data.train)
@@ -205,7 +205,8 @@ class SFTRecipe:
         out: dict[str, float] = {}
         if self.data.eval:
             held = sft_evaluate(self.model, self.data.eval, self.chat, self.env.budget,
-                                micro_batch_tokens=cfg.optim.micro_batch_tokens)
+                                micro_batch_tokens=cfg.optim.micro_batch_tokens, packing=cfg.optim.packing,
+                                head_chunk_tokens=cfg.optim.head_chunk_tokens)
             out.update({f"eval/{k}": v for k, v in held.items()})
         if cfg.eval.rollouts:
             tasks = self.env.load_tasks(cfg.env.eval_split, n=cfg.env.num_eval_tasks, seed=cfg.seed)
