@@ -81,13 +81,17 @@ def main() -> None:
     logits_bytes = args.tokens * args.vocab * 4
     rows, saved = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("full", "chunked"):
-            path = f"{tmp}/{kind}.safetensors"
+        procs = {}
+        for kind in ("full", "chunked"):  # side by side: each measures its own process's peak
             cmd = [sys.executable, __file__, "--vocab", str(args.vocab), "--hidden", str(args.hidden),
-                   "--tokens", str(args.tokens), "--chunk", str(args.chunk), "--_child", kind, path]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            saved[kind] = load_file(path)
+                   "--tokens", str(args.tokens), "--chunk", str(args.chunk), "--_child", kind, f"{tmp}/{kind}.st"]
+            procs[kind] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        for kind, proc in procs.items():
+            stdout, _ = proc.communicate()
+            if proc.returncode:
+                raise SystemExit(f"{kind} run failed ({proc.returncode})")
+            rows.append(json.loads(stdout.strip().splitlines()[-1]))
+            saved[kind] = load_file(f"{tmp}/{kind}.st")
     full, chunked = saved["full"], saved["chunked"]
     diffs = {k: float((full[k] - chunked[k]).abs().max()) for k in ("lp", "ent", "gh", "gw")}
     scale = {k: float(full[k].abs().max()) for k in ("gh", "gw")}

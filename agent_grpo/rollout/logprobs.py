@@ -27,6 +27,12 @@ from agent_grpo.rollout.packing import PackedBatch
 DEFAULT_CHUNK = 1024  # positions per head chunk: 1024 x 152k fp32 logits = 0.6 GB
 
 
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, temperature: float) -> torch.Tensor:
+    """`lm_head(h).float() / temperature` as the former head computed it, without a second [chunk, V] copy."""
+    logits = torch.nn.functional.linear(h, weight)
+    return logits.to(dtype).div_(temperature) if logits.dtype != dtype else logits.div_(temperature)
+
+
 class ChunkedTokenLogprobs(torch.autograd.Function):
     """(logprob of `targets`, entropy, argmax) of `log_softmax(hidden @ weight.T / temperature)`, per row.
 
@@ -41,12 +47,12 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
         entropy = torch.zeros(n, dtype=dtype, device=hidden.device)
         argmax = torch.zeros(n, dtype=torch.long, device=hidden.device)
         for s in range(0, n, chunk):
-            logits = torch.nn.functional.linear(hidden[s : s + chunk], weight).to(dtype) / temperature
+            logits = _chunk_logits(hidden[s : s + chunk], weight, dtype, temperature)
             logp = torch.log_softmax(logits, dim=-1)
-            del logits
+            del logits  # at most two [chunk, V] tensors live at once
             logprob[s : s + chunk] = logp.gather(-1, targets[s : s + chunk, None])[:, 0]
             argmax[s : s + chunk] = logp.argmax(-1)
-            entropy[s : s + chunk] = -(logp.exp() * logp).sum(-1)
+            entropy[s : s + chunk] = -logp.exp().mul_(logp).sum(-1)
         ctx.save_for_backward(hidden, weight, targets)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(entropy, argmax)
@@ -63,7 +69,7 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
         rows = torch.arange(min(ctx.chunk, hidden.shape[0]), device=hidden.device)
         for s in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[s : s + ctx.chunk]
-            logits = torch.nn.functional.linear(h, weight).to(dtype) / ctx.temperature
+            logits = _chunk_logits(h, weight, dtype, ctx.temperature)
             g = grad_logprob[s : s + ctx.chunk]
             # d logprob[t] / d logits = onehot(t) - softmax
             grad_logits = torch.softmax(logits, dim=-1).mul_(-g[:, None])
@@ -72,7 +78,9 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
             grad_logits = grad_logits.div_(ctx.temperature).to(weight.dtype)
             if want_hidden:
                 grad_hidden[s : s + ctx.chunk] = grad_logits @ weight
-            if want_weight:
+            if want_weight and grad_weight.dtype == grad_logits.dtype:
+                grad_weight.addmm_(grad_logits.T, h)  # no [V, H] temporary
+            elif want_weight:
                 grad_weight += (grad_logits.T @ h).to(dtype)
         if want_weight:
             grad_weight = grad_weight.to(weight.dtype)

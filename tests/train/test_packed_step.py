@@ -1,4 +1,5 @@
-"""A GRPO step on packed rows equals the step on right-padded rows; the padding share is logged (issue 13)."""
+"""A GRPO step on packed rows equals the step on right-padded rows; the padding share is logged; no step
+makes a vocabulary-sized activation (issue 13, issue 11 item 9)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import copy
 import pytest
 import torch
 from test_update_step import rollout
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from agent_grpo.rollout.packing import PackedBatch
 from agent_grpo.train.config import LossConfig, ModelConfig, OptimConfig
 from agent_grpo.train.policy import build_policy
+from agent_grpo.train.sft_loss import sft_update
 from agent_grpo.train.step import build_micro_batches, grpo_update
 
 torch.set_num_threads(1)
@@ -70,3 +74,42 @@ def test_packing_setting_is_in_the_config():
     assert OptimConfig().packing == "auto"
     with pytest.raises(Exception):
         OptimConfig(packing="sometimes")
+
+
+class VocabActivations(TorchDispatchMode):
+    """Records the largest tensor with the vocabulary as last dimension that any op (forward or backward) makes."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.rows = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:  # e.g. lm_head.weight.T, [H, V]: no new memory
+            return out
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab:
+                self.rows = max(self.rows, t.numel() // self.vocab)
+        return out
+
+
+@pytest.mark.parametrize("packing", ["never", "always"])
+def test_a_training_step_never_materialises_a_vocabulary_sized_activation(setting, packing):
+    """Issue 11 item 9 / issue 13: no [B, T, V] (or [N, V]) tensor anywhere in the update, forward or backward,
+    with the old-policy and reference forwards on: at most one head chunk of rows has the vocabulary as width."""
+    model, trajs, chat, budget = setting
+    model = copy.deepcopy(model)
+    vocab = model.config.text_config.vocab_size
+    trained = sum(sum(len(s.token_ids) for s in t.segments if s.kind == "sampled") for t in trajs)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with VocabActivations(vocab) as seen:
+        grpo_update(
+            model, optimizer, None, trajs, chat, budget, LossConfig(num_iterations=2, beta=0.1), temperature=1.0,
+            micro_batch_tokens=4096, max_grad_norm=1.0, max_completion_length=192, packing=packing,
+            ref_model=copy.deepcopy(model), head_chunk_tokens=16,
+        )
+    assert 0 < seen.rows <= 16 < trained
+    with VocabActivations(vocab) as seen:
+        sft_update(model, optimizer, None, trajs, chat, budget, micro_batch_tokens=4096, max_grad_norm=1.0,
+                   packing=packing, head_chunk_tokens=16)
+    assert 0 < seen.rows <= 16
