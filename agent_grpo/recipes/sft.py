@@ -39,8 +39,8 @@ from agent_grpo.train.checkpoint import latest_checkpoint, load_training_state, 
 from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
-from agent_grpo.train.sft_data import SFTDataConfig, load_sft_data
 from agent_grpo.train.precision import build_optimizer
+from agent_grpo.train.sft_data import SFTDataConfig, load_sft_data
 from agent_grpo.train.sft_loss import sft_evaluate, sft_update
 from agent_grpo.trajectory import ToolErrorKind, Trajectory
 

@@ -82,7 +82,7 @@ def test_head_equals_full_logits_head_logprobs_and_gradients(tiny, rollouts, tem
     assert out.logprobs.dtype == dtype
     assert old_grads.keys() == new_grads.keys()
     for name, g in old_grads.items():
-        torch.testing.assert_close(new_grads[name], g, **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(new_grads[name], g, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_positions_all_gives_every_token(tiny, rollouts):

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from pydantic import ValidationError
 from test_update_step import rollout
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -56,7 +57,7 @@ def test_packed_step_equals_padded_step(setting, variant):
     base = dict(model.named_parameters())
     for name, p in packed.named_parameters():
         q = dict(padded.named_parameters())[name]
-        torch.testing.assert_close(p - base[name], q - base[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p - base[name], q - base[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_packed_micro_batches_are_balanced_by_tokens(setting):
@@ -72,7 +73,7 @@ def test_packed_micro_batches_are_balanced_by_tokens(setting):
 
 def test_packing_setting_is_in_the_config():
     assert OptimConfig().packing == "auto"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         OptimConfig(packing="sometimes")
 
 

@@ -63,7 +63,7 @@ def test_gradient_checkpointing_per_part_recomputes_only_that_part_with_the_same
     got, lm_calls, vis_calls = grads_and_recomputes(model, batch)
     assert (lm_calls, vis_calls) == (1 + language, 1 + want_vision)  # a checkpointed layer runs again in backward
     for name, g in plain.items():
-        torch.testing.assert_close(got[name], g, rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got[name], g, rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_build_policy_reads_the_checkpointing_fields():
