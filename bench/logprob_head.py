@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=152064)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--tokens", type=int, default=4096)
-    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)

@@ -24,7 +24,7 @@ from agent_grpo.models.mrope import multimodal_position_ids, packed_position_ids
 from agent_grpo.rollout.batch import TrainBatch
 from agent_grpo.rollout.packing import PackedBatch
 
-DEFAULT_CHUNK = 1024  # positions per head chunk: 1024 x 152k fp32 logits = 0.6 GB
+DEFAULT_CHUNK = 512  # positions per head chunk: 512 x 152k fp32 logits = 0.3 GB
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, temperature: float) -> torch.Tensor:

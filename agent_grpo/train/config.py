@@ -103,7 +103,7 @@ class OptimConfig(_Strict):
         "flash-attention or flex attention (else right-padding, see rollout/packing.py)",
     )
     head_chunk_tokens: int = Field(
-        default=1024, ge=1, description="positions per chunk of the logprob head (memory: chunk x vocabulary)"
+        default=512, ge=1, description="positions per chunk of the logprob head (memory: chunk x vocabulary)"
     )
 
 
