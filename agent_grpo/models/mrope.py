@@ -65,3 +65,25 @@ def multimodal_position_ids(
         attention_mask=attention_mask,
     )
     return position_ids
+
+
+def packed_position_ids(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_grid_thw: torch.Tensor | None,
+) -> torch.Tensor:
+    """The [4, 1, L] position ids of the right-padded rows `input_ids` [B, T] packed into one row of their
+    L real tokens, in row order (see `rollout/packing.py`).
+
+    Rows 1-3 are each sequence's own mRoPE positions (`multimodal_position_ids` of the padded rows, so
+    packed and padded forwards see the same positions); row 0 restarts at 0 at each sequence's first
+    token. transformers 5.19's Qwen2.5-VL text model reads a 4-row tensor as (text, t, h, w): with
+    `attention_mask=None` it finds the sequence boundaries from the text row (`find_packed_sequence_indices`:
+    a step other than +1 starts a sequence) and builds a block-diagonal causal mask for sdpa and eager
+    attention, and flash-attention derives its varlen `cu_seqlens` from the same row.
+    """
+    real = attention_mask.bool()
+    mrope = multimodal_position_ids(model, input_ids, attention_mask, image_grid_thw)[:, real]  # [3, L]
+    text = (attention_mask.long().cumsum(-1) - 1)[real]  # [L]: 0, 1, ... per sequence
+    return torch.cat([text[None], mrope], dim=0)[:, None, :]

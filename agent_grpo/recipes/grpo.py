@@ -51,6 +51,7 @@ from agent_grpo.train.fsdp import check_fsdp, copy_full_weights, fsdp_plugin, sh
 from agent_grpo.train.metrics import InstabilityMonitor, MetricsLogger, read_metrics, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights, reference_model
 from agent_grpo.train.progress import StepProgress
+from agent_grpo.train.precision import build_optimizer
 from agent_grpo.train.step import grpo_update
 from agent_grpo.trajectory import Task, Trajectory
 
@@ -189,9 +190,7 @@ class GRPORecipe:
             self.policy = copy.deepcopy(model)
             model = shard_model(model, plugin)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
+        optimizer = build_optimizer(trainable, cfg.optim, cfg.model, self.accelerator.num_processes)
         self.scheduler = lr_scheduler(optimizer, cfg)
         if ckpt is not None:
             sharded = model if self.fsdp else None
@@ -316,6 +315,7 @@ class GRPORecipe:
                     temperature=cfg.rollout.sampling.temperature, micro_batch_tokens=cfg.optim.micro_batch_tokens,
                     max_grad_norm=cfg.optim.max_grad_norm, ref_model=self.ref_model, accelerator=self.accelerator,
                     max_completion_length=cfg.rollout.sampling.max_new_tokens * self.env.budget.max_turns,
+                    packing=cfg.optim.packing, head_chunk_tokens=cfg.optim.head_chunk_tokens,
                 )
                 if self.fsdp:  # the next rollout samples from the new weights
                     copy_full_weights(self.model, self.policy)

@@ -32,6 +32,7 @@ from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig, Seed
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
 from agent_grpo.train.progress import StepProgress
+from agent_grpo.train.precision import build_optimizer
 from agent_grpo.train.sft_data import SFTDataConfig, load_sft_data
 from agent_grpo.train.sft_loss import sft_evaluate, sft_update
 from agent_grpo.trajectory import ToolErrorKind, Trajectory
@@ -138,9 +139,7 @@ class SFTRecipe:
                 f"{cfg.batch_size}; lower batch_size, add tasks (env.num_train_tasks) or relax the data filters"
             )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
+        self.optimizer = build_optimizer(trainable, cfg.optim, cfg.model)
         # sft_update makes one optimizer pass per step, so the schedule is laid out in passes = steps.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, passes_per_step=1))
         self.step = 0
@@ -177,6 +176,7 @@ class SFTRecipe:
                 metrics = sft_update(
                     self.model, self.optimizer, self.scheduler, self.next_batch(), self.chat, self.env.budget,
                     micro_batch_tokens=cfg.optim.micro_batch_tokens, max_grad_norm=cfg.optim.max_grad_norm,
+                    packing=cfg.optim.packing, head_chunk_tokens=cfg.optim.head_chunk_tokens,
                 )
                 self.step += 1
                 metrics["epoch"] = self.data_position / len(self.data.train)
@@ -198,7 +198,8 @@ class SFTRecipe:
         out: dict[str, float] = {}
         if self.data.eval:
             held = sft_evaluate(self.model, self.data.eval, self.chat, self.env.budget,
-                                micro_batch_tokens=cfg.optim.micro_batch_tokens)
+                                micro_batch_tokens=cfg.optim.micro_batch_tokens, packing=cfg.optim.packing,
+                                head_chunk_tokens=cfg.optim.head_chunk_tokens)
             out.update({f"eval/{k}": v for k, v in held.items()})
         if cfg.eval.rollouts:
             tasks = self.env.load_tasks(cfg.env.eval_split, n=cfg.env.num_eval_tasks, seed=cfg.seed)

@@ -39,7 +39,19 @@ class ModelConfig(_Strict):
     tiny_size: Literal["S", "M"] = "S"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     freeze_vision: bool = Field(default=False, description="keep the vision tower bit-identical")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute the language model's decoder layers in the backward"
+    )
+    vision_gradient_checkpointing: bool | None = Field(
+        default=None, description="recompute the vision tower's blocks in the backward; None: as gradient_checkpointing"
+    )
+    master_weights: Literal["model", "float32"] = Field(
+        default="model",
+        description="float32: AdamW on float32 master copies of bf16/fp16 weights (fp32 grads and state; one process)",
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile each decoder layer and vision block (regional; GPU)"
+    )
     lora: bool = Field(default=False, description="train LoRA adapters (PEFT) instead of all weights")
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
@@ -92,6 +104,14 @@ class OptimConfig(_Strict):
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     max_grad_norm: float = Field(default=1.0, gt=0)
     micro_batch_tokens: int = Field(default=8192, ge=64, description="token budget of one forward/backward")
+    packing: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="pack trajectories into one row without padding; auto: when the attention is "
+        "flash-attention or flex attention (else right-padding, see rollout/packing.py)",
+    )
+    head_chunk_tokens: int = Field(
+        default=512, ge=1, description="positions per chunk of the logprob head (memory: chunk x vocabulary)"
+    )
 
 
 class TrainConfig(_Strict):

@@ -31,8 +31,9 @@ def build_policy(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "
     if cfg.freeze_vision:
         for p in vision_tower(model).parameters():
             p.requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    set_gradient_checkpointing(model, cfg.gradient_checkpointing, cfg.vision_gradient_checkpointing)
+    if cfg.compile:
+        compile_layers(model)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -44,6 +45,35 @@ def build_policy(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "
         )
         model = get_peft_model(model, lora)
     return model, processor
+
+
+def set_gradient_checkpointing(model, language: bool, vision: bool | None = None) -> None:
+    """Recompute the language model's decoder layers and/or the vision tower's blocks in the backward.
+
+    `vision=None` follows `language`. transformers switches every `GradientCheckpointingLayer` on at
+    once; the part that should not recompute is switched back off."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    vision = language if vision is None else vision
+    if not (language or vision):
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    visual = vision_tower(model)
+    in_vision = {id(m) for m in visual.modules()}
+    for m in model.modules():
+        if isinstance(m, GradientCheckpointingLayer):
+            m.gradient_checkpointing = vision if id(m) in in_vision else language
+
+
+def compile_layers(model) -> None:
+    """`torch.compile` each repeated layer (decoder layers, vision blocks) in place: regional compilation
+    compiles one layer's graph once for all its copies, and leaves the mRoPE index and the logprob
+    head (data-dependent shapes) eager."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for m in model.modules():
+        if isinstance(m, GradientCheckpointingLayer):
+            m.compile(dynamic=True)
 
 
 def reference_model(model, cfg: ModelConfig):

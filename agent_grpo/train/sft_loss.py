@@ -15,15 +15,14 @@ no label smoothing, no sequence weighting.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import torch
 
 from agent_grpo.budget import VisualBudget
-from agent_grpo.rollout.batch import TrainBatch, assemble_batch
-from agent_grpo.rollout.logprobs import forward_logprobs
-from agent_grpo.rollout.vision import VisionCache
-from agent_grpo.train.step import micro_batches
+from agent_grpo.rollout.batch import TrainBatch
+from agent_grpo.rollout.logprobs import DEFAULT_CHUNK, HeadOutput, forward_head
+from agent_grpo.rollout.packing import PackingMode, packing_enabled, padding_share
+from agent_grpo.train.step import build_micro_batches
 from agent_grpo.trajectory import Trajectory
 
 
@@ -37,31 +36,17 @@ def sft_loss(logprobs: torch.Tensor, loss_mask: torch.Tensor, num_tokens: float 
     return -(logprobs * loss_mask).sum() / max(denominator, 1.0)
 
 
-@contextmanager
-def greedy_predictions(model):
-    """Collect each forward's argmax token per position, `[B, T]` (for token accuracy).
-
-    A forward hook, so the loss keeps going through the one training forward (`forward_logprobs`).
-    """
-    seen: list[torch.Tensor] = []
-    handle = model.register_forward_hook(lambda module, args, out: seen.append(out.logits.detach().argmax(-1)))
-    try:
-        yield seen
-    finally:
-        handle.remove()
+def _correct_tokens(out: HeadOutput, batch: TrainBatch) -> float:
+    """Trained tokens the model ranks first (the head's argmax is aligned on targets, like the mask)."""
+    return float(((out.argmax == batch.input_ids).float() * batch.loss_mask).sum())
 
 
-def _correct_tokens(predicted: torch.Tensor, batch: TrainBatch) -> float:
-    """Trained tokens the model ranks first: prediction at t-1 equals the token at t."""
-    hits = (predicted[:, :-1] == batch.input_ids[:, 1:]).float() * batch.loss_mask[:, 1:]  # [B, T-1]
-    return float(hits.sum())
-
-
-def _batches(model, trajs: list[Trajectory], chat, budget: VisualBudget, micro_batch_tokens: int) -> list[TrainBatch]:
+def _batches(
+    model, trajs: list[Trajectory], chat, budget: VisualBudget, micro_batch_tokens: int, packing: PackingMode
+) -> list[TrainBatch]:
     device = next(model.parameters()).device
-    vision = VisionCache(chat, budget)  # demos of one task share images: process each once per step
-    chunks = micro_batches(trajs, micro_batch_tokens)
-    return [assemble_batch(chunk, chat, budget, vision).to(device) for chunk in chunks]
+    pack = packing_enabled(packing, model)
+    return build_micro_batches(trajs, chat, budget, micro_batch_tokens, pack=pack, device=device)[0]
 
 
 def sft_update(
@@ -74,21 +59,23 @@ def sft_update(
     *,
     micro_batch_tokens: int,
     max_grad_norm: float,
+    packing: PackingMode = "never",
+    head_chunk_tokens: int = DEFAULT_CHUNK,
 ) -> dict[str, float]:
-    """One optimizer step on demonstrations. Returns loss, token accuracy, grad norm, lr, throughput."""
+    """One optimizer step on demonstrations. Returns loss, token accuracy, grad norm, lr, throughput,
+    padding share. `packing` as `OptimConfig.packing`."""
     t0 = time.perf_counter()
-    batches = _batches(model, trajs, chat, budget, micro_batch_tokens)
+    batches = _batches(model, trajs, chat, budget, micro_batch_tokens, packing)
     trained = sum(float(b.loss_mask.sum()) for b in batches)
     model.train()
     total_loss = correct = 0.0
-    with greedy_predictions(model) as predicted:
-        for batch in batches:
-            logprobs, _ = forward_logprobs(model, batch)  # [B, T]
-            loss = sft_loss(logprobs, batch.loss_mask, trained)
-            loss.backward()
-            total_loss += float(loss.detach())  # CPU-GPU sync point, once per micro-batch
-            correct += _correct_tokens(predicted.pop(), batch)
-    params = [p for p in model.parameters() if p.requires_grad]
+    for batch in batches:
+        out = forward_head(model, batch, chunk_size=head_chunk_tokens)  # [B, T]
+        loss = sft_loss(out.logprobs, batch.loss_mask, trained)
+        loss.backward()
+        total_loss += float(loss.detach())  # CPU-GPU sync point, once per micro-batch
+        correct += _correct_tokens(out, batch)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # fp32 masters if any
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     if scheduler is not None:
@@ -102,21 +89,22 @@ def sft_update(
         "lr": float(optimizer.param_groups[0]["lr"]), "micro_batches": float(len(batches)),
         "trained_tokens": trained, "tokens": float(tokens),
         "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained / seconds,
+        "padding_share": padding_share(batches),
     }
 
 
 @torch.no_grad()
 def sft_evaluate(
-    model, trajs: list[Trajectory], chat, budget: VisualBudget, *, micro_batch_tokens: int
+    model, trajs: list[Trajectory], chat, budget: VisualBudget, *, micro_batch_tokens: int,
+    packing: PackingMode = "never", head_chunk_tokens: int = DEFAULT_CHUNK,
 ) -> dict[str, float]:
     """Loss and token accuracy on held-out demonstrations (no gradient)."""
-    batches = _batches(model, trajs, chat, budget, micro_batch_tokens)
+    batches = _batches(model, trajs, chat, budget, micro_batch_tokens, packing)
     trained = sum(float(b.loss_mask.sum()) for b in batches)
     model.eval()
     total_loss = correct = 0.0
-    with greedy_predictions(model) as predicted:
-        for batch in batches:
-            logprobs, _ = forward_logprobs(model, batch)
-            total_loss += float(sft_loss(logprobs, batch.loss_mask, trained))
-            correct += _correct_tokens(predicted.pop(), batch)
+    for batch in batches:
+        out = forward_head(model, batch, chunk_size=head_chunk_tokens)
+        total_loss += float(sft_loss(out.logprobs, batch.loss_mask, trained))
+        correct += _correct_tokens(out, batch)
     return {"loss": total_loss, "token_accuracy": correct / max(trained, 1.0)}

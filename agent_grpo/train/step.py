@@ -17,7 +17,15 @@ import torch
 
 from agent_grpo.budget import VisualBudget
 from agent_grpo.rollout.batch import TrainBatch, assemble_batch
-from agent_grpo.rollout.logprobs import forward_logprobs
+from agent_grpo.rollout.logprobs import DEFAULT_CHUNK, forward_logprobs
+from agent_grpo.rollout.packing import (
+    PackingMode,
+    balanced_micro_batches,
+    micro_batches_needed,
+    pack_batch,
+    packing_enabled,
+    padding_share,
+)
 from agent_grpo.rollout.vision import VisionCache
 from agent_grpo.train.config import LossConfig
 from agent_grpo.train.fsdp import is_sharded
@@ -72,12 +80,29 @@ class _Policy:
         return getattr(self._base, name)
 
 
-def _ref_logprobs(policy: _Policy, bare, ref_model, batch: TrainBatch, temperature: float) -> torch.Tensor:
+def _ref_logprobs(policy: _Policy, bare, ref_model, batch: TrainBatch, temperature: float, chunk: int) -> torch.Tensor:
     with torch.no_grad():
         if ref_model is not None:
-            return forward_logprobs(ref_model, batch, temperature)[0]
+            return forward_logprobs(ref_model, batch, temperature, chunk_size=chunk)[0]
         with bare.disable_adapter():  # LoRA: the base weights are the reference
-            return forward_logprobs(policy, batch, temperature)[0]
+            return forward_logprobs(policy, batch, temperature, chunk_size=chunk)[0]
+
+
+def build_micro_batches(
+    trajs: list[Trajectory], chat, budget: VisualBudget, token_budget: int, *, pack: bool, device, accelerator=None
+) -> tuple[list[TrainBatch], list[list[Trajectory]]]:
+    """The step's micro-batches on `device` and the trajectories of each: right-padded (greedy, in order), or packed rows of about
+    equal token counts, as many on every process as the busiest one needs (so DDP/FSDP processes
+    wait on one another as little as the data allows)."""
+    vision = VisionCache(chat, budget)  # a group's rows share images: process each once per step
+    if not pack:
+        chunks = micro_batches(trajs, token_budget)
+        return [assemble_batch(c, chat, budget, vision).to(device) for c in chunks], chunks
+    count = micro_batches_needed(trajs, token_budget)
+    if accelerator is not None and accelerator.num_processes > 1:
+        count = int(accelerator.gather(torch.tensor([count], device=device)).max())
+    chunks = balanced_micro_batches(trajs, token_budget, count)
+    return [pack_batch(assemble_batch(c, chat, budget, vision)).to(device) for c in chunks], chunks
 
 
 def grpo_update(
@@ -95,18 +120,22 @@ def grpo_update(
     max_completion_length: int,
     ref_model=None,
     accelerator=None,
+    packing: PackingMode = "never",
+    head_chunk_tokens: int = DEFAULT_CHUNK,
 ) -> dict[str, float]:
     """`num_iterations` optimizer steps on trajectories whose `advantage` is set. Returns metrics.
 
     `model` and `optimizer` are the prepared (possibly DDP-wrapped) ones when `accelerator` is given.
+    `packing` as `OptimConfig.packing`; `head_chunk_tokens` positions per logprob-head chunk.
     """
     bare = accelerator.unwrap_model(model) if accelerator is not None else model
     base = bare.get_base_model() if hasattr(bare, "get_base_model") else bare  # under PEFT's wrapper
     policy, frozen = _Policy(model, base), _Policy(bare, base)  # with grad sync / no-grad forwards
     device = next(bare.parameters()).device
-    chunks = micro_batches(trajs, micro_batch_tokens)
-    vision = VisionCache(chat, budget)  # a group's rows share images: process each once per step
-    batches = [assemble_batch(c, chat, budget, vision).to(device) for c in chunks]
+    pack = packing_enabled(packing, base)
+    batches, chunks = build_micro_batches(
+        trajs, chat, budget, micro_batch_tokens, pack=pack, device=device, accelerator=accelerator
+    )
     advantages = [torch.tensor([t.advantage for t in c], dtype=torch.float32, device=device) for c in chunks]
     sharded = accelerator is not None and accelerator.num_processes > 1 and is_sharded(bare)
     real = pad_micro_batches(batches, advantages, accelerator) if sharded else len(batches)
@@ -123,8 +152,11 @@ def grpo_update(
     old = []
     if needs_old:  # the policy before any update of this step; the ratio is taken against it
         with torch.no_grad():
-            old = [forward_logprobs(frozen, b, temperature)[0] for b in batches]
-    refs = [_ref_logprobs(frozen, bare, ref_model, b, temperature) for b in batches] if loss_cfg.beta > 0 else []
+            old = [forward_logprobs(frozen, b, temperature, chunk_size=head_chunk_tokens)[0] for b in batches]
+    refs = (
+        [_ref_logprobs(frozen, bare, ref_model, b, temperature, head_chunk_tokens) for b in batches]
+        if loss_cfg.beta > 0 else []
+    )
     # The optimizer's parameters, not `model.parameters()`: after a no-grad forward FSDP leaves the root
     # unit gathered, and the module would list those full tensors instead of the trained shards.
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
@@ -141,7 +173,7 @@ def grpo_update(
             plain = last or accelerator is None or sharded
             sync = contextlib.nullcontext() if plain else accelerator.no_sync(model)
             with sync:
-                lp, entropy = forward_logprobs(policy, batch, temperature)  # [B, T]
+                lp, entropy = forward_logprobs(policy, batch, temperature, chunk_size=head_chunk_tokens)  # [B, T]
                 old_lp = old[i] if needs_old else lp.detach()
                 loss, m = grpo_loss(
                     lp, old_lp, adv, batch.loss_mask,
@@ -184,4 +216,5 @@ def grpo_update(
     out["lr"] = float(optimizer.param_groups[0]["lr"])
     out["micro_batches"] = float(real)
     out["train_tokens"] = float(sum(int(b.attention_mask.sum()) for b in batches[:real]))
+    out["padding_share"] = padding_share(batches[:real])  # of the model's input slots, 0 when packed
     return out

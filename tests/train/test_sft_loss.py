@@ -48,11 +48,12 @@ def test_mask_covers_exactly_the_assistant_turns(setting):
 
 
 def test_gradient_flows_only_from_assistant_tokens(setting):
-    """d loss / d logits is zero at every position that predicts a prompt, tool-result or image token.
+    """d loss / d head input is zero at every position that predicts a prompt, tool-result or image token.
 
-    The model's logits at position t-1 predict token t; only positions whose target is a sampled
-    (assistant) token may receive gradient. Tool results still shape the gradient as *context* of
-    later assistant tokens (that is how the model learns to read a zoom), never as targets.
+    The final hidden state at position t-1 (the logprob head's input; it feeds nothing else) predicts
+    token t; only positions whose target is a sampled (assistant) token may receive gradient. Tool
+    results still shape the gradient as *context* of later assistant tokens (that is how the model
+    learns to read a zoom), never as targets.
     """
     model, chat, env, trajs = setting
     model = copy.deepcopy(model).train()
@@ -60,10 +61,10 @@ def test_gradient_flows_only_from_assistant_tokens(setting):
     kept = []
 
     def keep_logits(module, args, out) -> None:
-        out.logits.retain_grad()
-        kept.append(out.logits)
+        out.retain_grad()
+        kept.append(out)
 
-    handle = model.register_forward_hook(keep_logits)
+    handle = model.model.language_model.norm.register_forward_hook(keep_logits)
     logprobs, _ = forward_logprobs(model, batch)
     handle.remove()
     sft_loss(logprobs, batch.loss_mask).backward()
