@@ -28,6 +28,7 @@ costs one pass over the weights per step and keeps the engine's model an ordinar
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
@@ -138,9 +139,9 @@ class VLLMEngine:
         base = _base_model(model)
         if dtype == "auto":
             dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
-        image = processor.image_processor
         self.llm = vllm.LLM(
             model=str(self.model_dir),
+            runner="generate",
             load_format="dummy",  # the real weights come from the trainer (sync_weights below)
             dtype=dtype,
             max_model_len=max_model_len,
@@ -148,7 +149,6 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             tensor_parallel_size=tensor_parallel_size,
             limit_mm_per_prompt={"image": max_images, "video": 0},
-            mm_processor_kwargs={"min_pixels": image.min_pixels, "max_pixels": image.max_pixels},
             logprobs_mode="raw_logprobs",
             enable_prefix_caching=True,
             enable_sleep_mode=enable_sleep_mode,
@@ -259,12 +259,12 @@ class VLLMEngine:
 
 def _set_scale(worker, scale: float) -> None:
     """On each vLLM worker: multiply the model's output logits by `scale` (1 / temperature)."""
-    from vllm.model_executor.layers.logits_processor import LogitsProcessor
-
     model = worker.model_runner.get_model()
-    found = [m for m in model.modules() if isinstance(m, LogitsProcessor)]
+    # vLLM's LogitsProcessor layer (platforms may swap its class, so found by what it holds).
+    found = [m for m in model.modules() if hasattr(m, "logits_as_input") and hasattr(m, "scale")]
     if not found:
-        raise RuntimeError("vLLM model has no LogitsProcessor to scale; the logprob convention cannot be met")
+        names = sorted({type(m).__name__ for m in model.modules()})
+        raise RuntimeError(f"no logits processor to scale in vLLM's model ({names}); cannot meet the logprob convention")
     for m in found:
         m.scale = scale
 
@@ -275,7 +275,8 @@ def _write_model_folder(model, processor, out: Path) -> Path:
 
     base = _base_model(model)
     out.mkdir(parents=True, exist_ok=True)
-    config = base.config
+    config = copy.deepcopy(base.config)
+    config.architectures = [type(base).__name__]  # a config built in memory has none; vLLM picks the model by it
     config.save_pretrained(out)
     if getattr(base, "generation_config", None) is not None:
         base.generation_config.save_pretrained(out)
