@@ -113,6 +113,10 @@ class InstabilityMonitor:
         norms = [m["grad_norm"] for m in self.history[:-1] if "grad_norm" in m]
         if len(norms) >= 3 and metrics.get("grad_norm", 0.0) > self.grad_factor * statistics.median(norms):
             found.append(f"grad norm {metrics['grad_norm']:.3g} is over {self.grad_factor}x its median")
+        gaps = [m["gap/kl"] for m in self.history[:-1] if "gap/kl" in m]
+        if len(gaps) >= 3 and metrics.get("gap/kl", 0.0) > max(self.grad_factor * statistics.median(gaps), 1e-3):
+            found.append(f"train/inference gap: KL(engine || trainer) {metrics['gap/kl']:.3g} is over "
+                         f"{self.grad_factor}x its median; check the engine's weight sync and dtype")
         if len(recent) == self.patience and all(m.get("zero_variance_groups", 0.0) >= 1.0 for m in recent):
             found.append(f"every group had identical rewards for {self.patience} steps: no learning signal")
         new = [w for w in found if w.split(":")[0] not in self.raised]
