@@ -107,9 +107,12 @@ def test_context_longer_than_max_model_len_comes_back_truncated(setup, zoom_env)
     assert res.token_ids == [] and res.finish_reason == "length"
     # Through the driver: a rollout allowed more tokens than the engine holds ends as truncated.
     config = RolloutConfig(group_size=2, max_total_tokens=4 * MAX_LEN, sampling=SamplingParams(max_new_tokens=MAX_LEN))
-    trajs = RolloutDriver(zoom_env, engine, chat, config).rollout(zoom_env.load_tasks(n=1))
+    task = zoom_env.load_tasks(n=1)[0]
+    long = task.model_copy(update={"question": "Which digit? " * 200})  # a prompt over MAX_LEN tokens
+    trajs = RolloutDriver(zoom_env, engine, chat, config).rollout([long])
+    assert all(t.metrics["total_tokens"] > MAX_LEN for t in trajs)
     assert all(t.termination == Termination.TRUNCATED for t in trajs)
-    assert all(t.metrics["total_tokens"] <= MAX_LEN for t in trajs)
+    assert all(t.metrics["response_tokens"] == 0 for t in trajs)
 
 
 def vllm_scores(engine, token_ids, images) -> torch.Tensor:
