@@ -67,6 +67,17 @@ def request_seed(seed: int, key: str | None, turn: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def collapse_image_pads(token_ids: list[int], image_token_id: int) -> list[int]:
+    """Each image's run of `<|image_pad|>` tokens as one: vLLM 0.32 expands every pad of a token prompt
+    to the image's full count itself (it does not detect an already expanded prompt)."""
+    out: list[int] = []
+    for t in token_ids:
+        if t == image_token_id and out and out[-1] == image_token_id:
+            continue
+        out.append(t)
+    return out
+
+
 def _base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -131,6 +142,7 @@ class VLLMEngine:
         self.stop_token_ids = {vocab[s]: s for s in stops if s in vocab}
         self.stop_texts = tuple(s for s in stops if s not in vocab)
         self.suppress = [vocab[t] for t in SUPPRESSED if t in vocab]
+        self.image_token_id = chat.image_token_id
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="agent-grpo-vllm-")
@@ -169,9 +181,15 @@ class VLLMEngine:
         self.reset_caches()
 
     def reset_caches(self) -> None:
-        """Prefix (KV) cache and multimodal encoder cache: both hold results of the old weights."""
+        """Prefix (KV) cache and multimodal caches: they hold results of the old weights.
+
+        Three resets in vLLM 0.32: the KV prefix cache, the processor-side multimodal cache, and the
+        encoder cache (scheduler and model runner: the image embeddings). Resetting only some of them
+        leaves the scheduler expecting an embedding the runner no longer has ("Encoder cache miss").
+        """
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
+        self.llm.llm_engine.reset_encoder_cache()
         self._scale = None  # reload_weights may rebuild modules; set the logit scale again
 
     def sleep(self) -> None:
@@ -205,7 +223,8 @@ class VLLMEngine:
             limit = min(limit, room)
             prompt = {"prompt_token_ids": list(r.token_ids)}
             if r.images:
-                prompt["multi_modal_data"] = {"image": list(r.images)}
+                prompt = {"prompt_token_ids": collapse_image_pads(r.token_ids, self.image_token_id),
+                          "multi_modal_data": {"image": list(r.images)}}
             prompts.append(prompt)
             vparams.append(
                 VSamplingParams(
