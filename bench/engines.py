@@ -21,7 +21,14 @@ import torch
 from agent_grpo.envs.registry import make_env
 from agent_grpo.models.chat import ChatFormat
 from agent_grpo.models.tiny import build_tiny_model
-from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams, assemble_batch, forward_logprobs
+from agent_grpo.rollout import (
+    HFEngine,
+    RolloutConfig,
+    RolloutDriver,
+    SamplingParams,
+    assemble_batch,
+    forward_logprobs,
+)
 
 
 def vllm_available() -> bool:

@@ -12,6 +12,7 @@ from agent_grpo.errors import ConfigError
 from agent_grpo.recipes.grpo import GRPORecipe
 from agent_grpo.train.config import load_config
 
+
 def vllm_installed() -> bool:
     spec = importlib.util.find_spec("vllm")
     return spec is not None and spec.origin is not None  # tests/vllm itself is a namespace package
@@ -30,6 +31,7 @@ def test_engine_vllm_without_vllm_names_the_install(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_cli_train_exits_2_with_the_install_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "agent_grpo.cli.main", "train", "--set", f"out_dir={tmp_path / 'run'}",
