@@ -6,7 +6,8 @@
     recipe.cleanup()
 
 The Hugging Face engine generates with the very module being trained, so weights never need syncing;
-a vLLM engine would receive them through `Engine.update_weights` after each step.
+the vLLM engine (`rollout.engine: vllm`) holds its own copy and receives the full weights (LoRA merged)
+through `VLLMEngine.sync_weights` after each optimizer step.
 
 Several processes (`accelerate launch`, DDP; docs/scaling.md): every process holds the whole model,
 rolls out `tasks_per_step / num_processes` tasks with the bare (unwrapped) model and trains on them;
@@ -117,6 +118,38 @@ def check_processes(cfg: TrainConfig, accelerator: Accelerator) -> None:
         )
 
 
+def check_engine(cfg: TrainConfig) -> None:
+    """`rollout.engine: vllm` needs vLLM importable (and sleep mode a GPU); checked before any model is loaded."""
+    if cfg.rollout.engine != "vllm":
+        return
+    from agent_grpo.rollout.vllm_engine import import_vllm
+
+    try:
+        import_vllm()
+    except ImportError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.rollout.vllm.sleep_during_update and not torch.cuda.is_available():
+        raise ConfigError(
+            "rollout.vllm.sleep_during_update: vLLM's sleep mode needs a CUDA device; set it to false on CPU"
+        )
+
+
+def build_engine(cfg: TrainConfig, policy, processor, chat: ChatFormat, max_images: int):
+    """The rollout engine the config asks for: HF generates with `policy` itself; vLLM gets a synced copy."""
+    if cfg.rollout.engine == "hf":
+        return HFEngine(policy, chat)
+    from agent_grpo.rollout.vllm_engine import VLLMEngine
+
+    v = cfg.rollout.vllm
+    return VLLMEngine(
+        policy, processor, chat, max_images=max_images,
+        max_model_len=v.max_model_len or cfg.rollout.max_total_tokens,
+        gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager, dtype=v.dtype,
+        tensor_parallel_size=v.tensor_parallel_size, cpu_kvcache_gib=v.cpu_kvcache_gib,
+        enable_sleep_mode=v.sleep_during_update, seed=v.seed,
+    )
+
+
 def drop_metrics_after(path: Path, step: int) -> None:
     """A resumed run repeats the steps after its checkpoint: the rows the stopped run wrote for them
     move to `metrics.superseded.jsonl` (kept, not lost), so metrics.jsonl holds each step once."""
@@ -162,6 +195,7 @@ class GRPORecipe:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         check_processes(cfg, self.accelerator)
+        check_engine(cfg)
         if self.is_main:
             cfg.out_dir.mkdir(parents=True, exist_ok=True)
             (cfg.out_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
@@ -207,7 +241,7 @@ class GRPORecipe:
             # The scheduler stays on the bare optimizer: accelerate's would step once per process.
             self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
             self.policy = self.accelerator.unwrap_model(self.model)
-        self.engine = HFEngine(self.policy, self.chat)
+        self.engine = build_engine(cfg, self.policy, self.processor, self.chat, self.env.budget.max_images)
         rollout = RolloutConfig(
             group_size=cfg.rollout.group_size, max_total_tokens=cfg.rollout.max_total_tokens,
             sampling=cfg.rollout.sampling,
@@ -310,6 +344,8 @@ class GRPORecipe:
                 t0 = time.perf_counter()
                 all_sampled, kept, info = self.rollout_step(step)
                 t1 = time.perf_counter()
+                if cfg.rollout.engine == "vllm" and cfg.rollout.vllm.sleep_during_update:
+                    self.engine.sleep()  # frees the KV cache (and offloads the engine's weights) for the update
                 update = grpo_update(
                     self.model, self.optimizer, self.scheduler, kept, self.chat, self.env.budget, cfg.loss,
                     temperature=cfg.rollout.sampling.temperature, micro_batch_tokens=cfg.optim.micro_batch_tokens,
@@ -319,6 +355,10 @@ class GRPORecipe:
                 )
                 if self.fsdp:  # the next rollout samples from the new weights
                     copy_full_weights(self.model, self.policy)
+                if cfg.rollout.engine == "vllm":  # the engine holds its own copy of the weights
+                    if cfg.rollout.vllm.sleep_during_update:
+                        self.engine.wake_up()
+                    self.engine.sync_weights(self.policy)
                 t2 = time.perf_counter()
                 everyone = gather_object(all_sampled)  # every process's trajectories, in process order
                 info = mean_across(gather_object([info]))

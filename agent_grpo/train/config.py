@@ -73,6 +73,27 @@ class EnvConfig(_Strict):
     reward_weights: dict[str, float] = Field(default_factory=dict, description="override rubric weights by name")
 
 
+class VLLMSection(_Strict):
+    """`rollout.vllm`: the vLLM engine (`rollout.engine: vllm`), in the trainer's process."""
+
+    gpu_memory_utilization: float = Field(
+        default=0.3, gt=0.0, le=1.0, description="fraction of GPU memory vLLM may take (weights + KV cache)"
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="longest context vLLM accepts; None: rollout.max_total_tokens"
+    )
+    enforce_eager: bool = Field(default=True, description="true: eager mode; false: CUDA graphs (GPU only)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: the trained model's dtype"
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    cpu_kvcache_gib: int = Field(default=1, ge=1, description="KV cache on the CPU backend (VLLM_CPU_KVCACHE_SPACE)")
+    sleep_during_update: bool = Field(
+        default=False, description="free vLLM's KV cache during the update (vLLM sleep mode; CUDA only)"
+    )
+    seed: int = 0
+
+
 class RolloutSection(_Strict):
     tasks_per_step: int = Field(default=4, ge=1, description="distinct tasks (groups) per optimizer step")
     group_size: int = Field(default=8, ge=2, description="trajectories per task (G); GRPO needs at least 2")
@@ -80,6 +101,10 @@ class RolloutSection(_Strict):
     sampling: _Sampling = Field(default_factory=lambda: _Sampling(max_new_tokens=96))
     dynamic_sampling: bool = Field(default=False, description="drop zero-variance groups and refill (DAPO)")
     max_refill_rounds: int = Field(default=2, ge=0)
+    engine: Literal["hf", "vllm"] = Field(
+        default="hf", description="hf: transformers generate with the trained module; vllm: vLLM (pip install -e '.[vllm]')"
+    )
+    vllm: VLLMSection = Field(default_factory=VLLMSection)
 
 
 class LossConfig(_Strict):
@@ -139,6 +164,12 @@ class TrainConfig(_Strict):
                 f"rollout.sampling.max_new_tokens ({self.rollout.sampling.max_new_tokens}) must be below "
                 f"rollout.max_total_tokens ({self.rollout.max_total_tokens}): one turn must fit with its prompt; "
                 "raise rollout.max_total_tokens or lower rollout.sampling.max_new_tokens"
+            )
+        max_len = self.rollout.vllm.max_model_len
+        if self.rollout.engine == "vllm" and max_len is not None and max_len <= self.rollout.sampling.max_new_tokens:
+            raise ValueError(
+                f"rollout.vllm.max_model_len ({max_len}) must be above rollout.sampling.max_new_tokens "
+                f"({self.rollout.sampling.max_new_tokens}); raise max_model_len or leave it unset (rollout.max_total_tokens)"
             )
         if self.save_every > self.steps:
             self.save_every = self.steps  # always save at the end

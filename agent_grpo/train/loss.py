@@ -251,6 +251,11 @@ def grpo_loss(
         }
         if kl is not None:
             metrics["kl"] = (kl * mask).sum() / denom
+        if sampling_logprobs is not None:  # train/inference gap: trainer (old) vs engine, over sampled tokens
+            d = torch.nan_to_num(old_logprobs.detach() - sampling_logprobs, nan=0.0) * mask
+            metrics["gap/mean_abs"] = d.abs().sum() / denom
+            metrics["gap/max_abs"] = d.abs().max()
+            metrics["gap/kl"] = ((d.exp() - 1 - d) * mask).sum() / denom  # k3 estimate of KL(engine || trainer)
         if is_w is not None:
             metrics["is_weight"] = is_w.mean() if is_level == "sequence" else (is_w * mask).sum() / denom
     return loss, metrics

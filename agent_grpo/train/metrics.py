@@ -143,6 +143,10 @@ class InstabilityMonitor:
             found["grad_norm"] = f"grad norm is {norm}: the update diverged; lower lr"
         elif norm is not None and len(norms) >= 3 and norm > self.grad_factor * statistics.median(norms):
             found["grad_norm"] = f"grad norm {norm:.3g} is over {self.grad_factor}x its median"
+        gaps = [m["gap/kl"] for m in self.history[:-1] if "gap/kl" in m]
+        if len(gaps) >= 3 and metrics.get("gap/kl", 0.0) > max(self.grad_factor * statistics.median(gaps), 1e-3):
+            found["gap"] = (f"train/inference gap: KL(engine || trainer) {metrics['gap/kl']:.3g} is over "
+                            f"{self.grad_factor}x its median; check the engine's weight sync and dtype")
         if len(recent) == self.patience and all(m.get("zero_variance_groups", 0.0) >= 1.0 for m in recent):
             found["no_signal"] = f"every group had identical rewards for {self.patience} steps: no learning signal"
         new = [message for kind, message in found.items() if kind not in self.active]
