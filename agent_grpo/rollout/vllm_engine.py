@@ -56,7 +56,7 @@ def import_vllm():
         import vllm
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
-    if not hasattr(vllm, "LLM"):  # a namespace package of that name (e.g. tests/vllm on the path)
+    if not hasattr(vllm, "LLM"):  # a namespace package of that name (a folder named vllm on the path)
         raise ImportError(INSTALL_HINT)
     return vllm
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 spec = importlib.util.find_spec("vllm")
-if spec is None or spec.origin is None:  # tests/vllm itself is a namespace package named vllm
+if spec is None or spec.origin is None:  # a namespace package of that name is not vLLM
     pytest.skip("vLLM is not installed (bash scripts/setup_vllm.sh)", allow_module_level=True)
 
 from zoom_fixtures import TWO_ZOOMS, ForceScript, ZoomEnv  # noqa: E402

@@ -15,7 +15,7 @@ from agent_grpo.train.config import load_config
 
 def vllm_installed() -> bool:
     spec = importlib.util.find_spec("vllm")
-    return spec is not None and spec.origin is not None  # tests/vllm itself is a namespace package
+    return spec is not None and spec.origin is not None  # a namespace package of that name is not vLLM
 
 
 pytestmark = pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here")
