@@ -78,8 +78,12 @@ def is_report(path: Path) -> bool:
 
 
 def check_out(store: RunStore, out: str | Path) -> Path:
-    """`out` if the report may be written there: not a folder, not another file, not inside the run."""
-    return check_output_file(out, is_report, "report", inside_not=[store.path])
+    """`out` if the report may be written there: not a folder, not another file, not inside the run's own
+    entries (records, index, images). A report file beside them (`RUN/report.html`) is allowed: an existing
+    one is replaced only if this module wrote it."""
+    target = Path(out).resolve()
+    own = [entry for entry in store.path.iterdir() if entry.resolve() != target] if store.path.is_dir() else []
+    return check_output_file(out, is_report, "report", inside_not=own)
 
 
 def write_report(store: RunStore, rows: Sequence[IndexRow], out: str | Path, **kwargs) -> Path:

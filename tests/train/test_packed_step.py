@@ -30,6 +30,7 @@ def setting():
     short = copy.deepcopy(trajs[1])
     short.segments = short.segments[:2]
     short.images = short.images[:1]
+    short.messages = short.messages[:2]  # the prompt only: the batch check pairs each shown image with its part
     short.id, short.advantage = "short", 0.5
     return model, [*trajs, short], chat, budget
 
