@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
@@ -42,6 +43,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from agent_grpo import pixels
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
 from agent_grpo.models.chat import ChatFormat
@@ -60,6 +62,14 @@ from agent_grpo.train.metrics import InstabilityMonitor, MetricsLogger, read_met
 from agent_grpo.train.policy import build_policy, load_weights, reference_model
 from agent_grpo.train.step import grpo_update
 from agent_grpo.trajectory import Task, Trajectory
+
+
+def memory_metrics(engine=None) -> dict[str, float]:
+    """Resident memory of this process and what the image caches hold (MiB), for each step's metrics."""
+    out = {"memory/rss_mb": psutil.Process().memory_info().rss / 2**20, **pixels.cache_metrics()}
+    if engine is not None and hasattr(engine, "cache_metrics"):
+        out.update(engine.cache_metrics())
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -183,7 +193,8 @@ class GRPORecipe:
             # The scheduler stays on the bare optimizer: accelerate's would step once per process.
             self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
             self.policy = self.accelerator.unwrap_model(self.model)
-        self.engine = HFEngine(self.policy, self.chat)
+        pixels.configure(cfg.memory.decoded_images_mb, cfg.memory.model_views_mb)
+        self.engine = HFEngine(self.policy, self.chat, image_cache_mb=cfg.memory.engine_image_cache_mb)
         rollout = RolloutConfig(
             group_size=cfg.rollout.group_size, max_total_tokens=cfg.rollout.max_total_tokens,
             sampling=cfg.rollout.sampling,
@@ -292,6 +303,7 @@ class GRPORecipe:
                 metrics = {**trajectory_metrics(everyone), **info, **update,
                            "time/rollout_s": t1 - t0, "time/update_s": t2 - t1}
                 metrics["time/tools_s"] = sum(t.metrics.get("time_env_s", 0.0) for t in everyone)
+                metrics.update(memory_metrics(self.engine))
                 if self.is_main:
                     # A resumed run repeats the steps after its checkpoint; the stopped run may have stored them.
                     self.store.extend(t for t in everyone if t.id not in self.store)

@@ -245,8 +245,10 @@ def image_path(root: Path, value: Any, where: str) -> Path:
 
 
 def load_task_image(path: Path, where: str) -> ImagePart:
-    """Decode an image (EXIF orientation, size limits) into a task image; errors name the row."""
+    """Decode an image (EXIF orientation, size limits) into a task image; errors name the row.
+
+    The part keeps the path, not the pixels: they are decoded again when needed (`ImagePart.from_source`)."""
     try:
-        return ImagePart.from_pil(load_image(path))
+        return ImagePart.from_source(load_image(path), lambda: load_image(path))
     except ImageError as e:
         raise DatasetError(f"{where}: {e}") from e

@@ -126,12 +126,13 @@ class GroundingEnv(Environment):
 
     def _synthetic_task(self, split: str, index: int, seed: int) -> Task:
         s = task_seed(split, index, seed)
-        scene = generate(s, self.config.canvas_size)
+        size = self.config.canvas_size
+        scene = generate(s, size)
         box = [float(v) for v in scene.target.box]
         return Task(
             id=f"{self.name}-{split}-{seed}-{index}",
             question=question(scene.expression, scene.image.width, scene.image.height),
-            images=[ImagePart.from_pil(scene.image)],
+            images=[ImagePart.from_source(scene.image, lambda: generate(s, size).image)],  # redrawn when needed
             answer=box,
             split=split,
             metadata={
