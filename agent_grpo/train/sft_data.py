@@ -51,6 +51,8 @@ from agent_grpo.trajectory import Segment, Task, Termination, Trajectory
 
 ScriptedPolicy = Callable[[Task, float, np.random.Generator], list[str]]
 
+SCRIPTED_CHUNK_TASKS = 32  # tasks whose scripted demonstrations are played (and their pixels live) at once
+
 
 class SFTDataConfig(BaseModel):
     """Where demonstrations come from and which are kept."""
@@ -189,7 +191,7 @@ def scripted_policy(env: Environment, spec: str | None) -> ScriptedPolicy:
 
 def scripted_demos(
     env: Environment, tasks: Sequence[Task], chat, policy: ScriptedPolicy, cfg: SFTDataConfig, seed: int, tag: str,
-    chunk_tasks: int = 32,
+    chunk_tasks: int | None = None,
 ) -> list[Trajectory]:
     """Play `policy` on `tasks` through the rollout driver (scored per group, like RL).
 
@@ -212,6 +214,7 @@ def scripted_demos(
     rollout = RolloutConfig(group_size=cfg.demos_per_task, max_total_tokens=cfg.max_total_tokens,
                             sampling=SamplingParams(max_new_tokens=cfg.max_new_tokens))
     driver = RolloutDriver(env, ScriptedEngine(script, chat), chat, rollout)
+    chunk_tasks = chunk_tasks or SCRIPTED_CHUNK_TASKS
     out: list[Trajectory] = []
     for start in range(0, len(tasks), chunk_tasks):
         chunk = list(tasks[start : start + chunk_tasks])  # a lazy split draws only these
