@@ -13,7 +13,7 @@ resident set size (RSS) every 0.1 s, and at the end says which component holds w
   demo only with `--full-demo` (about 15-30 minutes here).
 
     python bench/memory.py                      # grpo 60 steps x {1k, 50k} tasks, sft-large, demo --quick
-    python bench/memory.py --quick              # seconds: every scenario, tiny sizes (CI)
+    python bench/memory.py --quick              # under a minute: grpo and sft-large, one tiny run each (CI)
     python bench/memory.py --scenarios grpo --steps 100 --json bench/results/memory.json
 
 Components: `model+optimizer` (parameter, gradient and optimizer-state tensors), the image caches of
@@ -328,8 +328,10 @@ def main() -> None:
         Path(args.child_out).write_text(json.dumps(result))
         return
 
-    if args.quick:
-        args.steps, args.warmup, args.sizes, args.demos, args.canvas, args.sft_steps = 3, 1, "100,5000", "4,2", 1120, 2
+    if args.quick:  # one small run per scenario (the demo's own smoke run is `agent-grpo demo --quick`)
+        args.steps, args.warmup, args.sizes, args.demos, args.canvas, args.sft_steps = 2, 0, "100", "2", 560, 1
+        if args.scenarios == ap.get_default("scenarios"):
+            args.scenarios = "grpo,sft-large"
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
