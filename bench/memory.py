@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -185,9 +186,13 @@ def scenario_grpo(args) -> dict:
         "out_dir": str(out), "seed": 0, "steps": args.steps, "save_every": args.steps + 1, "keep_checkpoints": 1,
         "model": {"path": "tiny"}, "tensorboard": False,
         "env": {"name": "visual-search", "num_train_tasks": args.tasks, "num_eval_tasks": 1},
-        "rollout": {"tasks_per_step": 2, "group_size": 4, "max_total_tokens": 1024,
+        "rollout": {"tasks_per_step": args.tasks_per_step, "group_size": args.group_size, "max_total_tokens": 1024,
                     "sampling": {"max_new_tokens": 96, "temperature": 1.0}},
         "optim": {"lr": 1e-4},
+        # Caps small enough to fill during warm-up (one new canvas a step would take the default 256 MB of
+        # decoded pixels 80 steps to fill): after that, what is left to grow is whatever is not capped.
+        "memory": {"decoded_images_mb": args.cache_mb, "model_views_mb": args.cache_mb / 4,
+                   "engine_image_cache_mb": args.cache_mb / 4},
     })
     with Sampler() as sampler:
         sampler.phase = "setup"
@@ -202,11 +207,14 @@ def scenario_grpo(args) -> dict:
         calls = [r.get("tool_calls_per_traj", 0.0) for r in rows]
         components = {"model+optimizer": tensor_mb(recipe.policy, recipe.optimizer), **cache_components(recipe.engine)}
         recipe.cleanup()
+    shutil.rmtree(out, ignore_errors=True)
     warm = min(args.warmup, max(0, len(per_step) - 2))
     b, noise = slope(list(range(warm, len(per_step))), per_step[warm:])
+    half = len(per_step) // 2
+    late, _ = slope(list(range(half, len(per_step))), per_step[half:])
     return {"scenario": "grpo", "tasks": args.tasks, "steps": len(per_step), "warmup": warm, "rss_per_step": per_step,
             "peak_mb": max(sampler.peaks.values()), "peaks": sampler.peaks, "growth_mb_per_step": b,
-            "noise_mb": noise, "tool_calls_per_traj": sum(calls) / max(1, len(calls)), "components": components,
+            "growth_late_mb_per_step": late, "noise_mb": noise, "tool_calls_per_traj": sum(calls) / max(1, len(calls)), "components": components,
             "final_rss_mb": per_step[-1] if per_step else sampler.rss()}
 
 
@@ -235,6 +243,7 @@ def scenario_sft_large(args) -> dict:
         components = {"model+optimizer": tensor_mb(recipe.model, recipe.optimizer), **cache_components(),
                       **image_bytes_held(recipe.data.train + recipe.data.eval)}
         recipe.cleanup()
+    shutil.rmtree(out, ignore_errors=True)
     return {"scenario": "sft-large", "demos": len(recipe.data.train), "canvas": args.canvas,
             "megapixels": args.canvas**2 / 1e6, "peak_mb": max(sampler.peaks.values()), "peaks": sampler.peaks,
             "after_setup_mb": after_setup, "components": components, "final_rss_mb": sampler.rss()}
@@ -290,7 +299,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         if r["scenario"] == "grpo":
             size = f"{r['tasks']:,} train tasks, {r['steps']} steps ({r['tool_calls_per_traj']:.1f} zooms / traj)"
-            growth = f"{r['growth_mb_per_step']:+.2f} (noise {r['noise_mb']:.1f}; steps {r['warmup']}-{r['steps']})"
+            growth = (f"{r['growth_mb_per_step']:+.2f} (steps {r['warmup']}-{r['steps']}; residual sd {r['noise_mb']:.1f}); "
+                      f"second half {r.get('growth_late_mb_per_step', float('nan')):+.2f}")
         elif r["scenario"] == "sft-large":
             size = f"{r['demos']} demos of {r['canvas']} px ({r['megapixels']:.1f} MP) canvases"
             growth = f"after demos: {r['after_setup_mb']:.0f}"
@@ -312,6 +322,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="grpo: steps per run")
     ap.add_argument("--warmup", type=int, default=10, help="grpo: steps left out of the growth fit")
     ap.add_argument("--sizes", default="1000,50000", help="grpo: train split sizes to compare")
+    ap.add_argument("--tasks-per-step", type=int, default=1, help="grpo: tasks (groups) per step")
+    ap.add_argument("--group-size", type=int, default=2, help="grpo: trajectories per task")
+    ap.add_argument("--cache-mb", type=float, default=32, help="grpo: decoded-pixel cache (views, engine: a quarter)")
     ap.add_argument("--demos", default="200,50", help="sft-large: demonstrations to compare")
     ap.add_argument("--canvas", type=int, default=2240, help="sft-large: canvas side, pixels")
     ap.add_argument("--sft-steps", type=int, default=20)
@@ -337,7 +350,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown scenario(s) {unknown}; choose from {sorted(SCENARIOS)}")
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--canvas", str(args.canvas),
-              "--sft-steps", str(args.sft_steps)] + (["--full-demo"] if args.full_demo else [])
+              "--sft-steps", str(args.sft_steps), "--tasks-per-step", str(args.tasks_per_step),
+              "--group-size", str(args.group_size), "--cache-mb", str(args.cache_mb)] + (["--full-demo"] if args.full_demo else [])
     results = []
     for name in names:
         if name == "grpo":
