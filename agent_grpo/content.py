@@ -1,19 +1,25 @@
 """Conversation content: text parts, image parts with provenance, messages.
 
-An `ImagePart` carries its pixels in memory (a private attribute, never serialised) and its
-provenance as data: which observation of the trajectory it is, which tool call made it, and which
+An `ImagePart` carries its pixels (private attributes, never serialised) and its provenance as data: which observation of the trajectory it is, which tool call made it, and which
 box of the original image it shows. Stored runs keep the pixels as content-addressed PNG files
 named by `sha256` (see `agent_grpo.store`).
+
+Pixels are either pinned (`from_pil`, `attach`) or lazy (`from_source`, `lazy`): a lazy part holds a
+loader that reproduces them (a seeded generator, a file, a store, PNG bytes) and its decoded pixels live
+only in the byte-bounded `agent_grpo.pixels.DECODED` cache, so a long list of tasks or demonstrations
+costs no decoded memory. A loader's pixels are checked against `sha256` each time they are decoded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from agent_grpo.boxes import Box
+from agent_grpo import pixels
 from agent_grpo.images import image_sha256, to_rgb
 
 
@@ -46,6 +52,7 @@ class ImagePart(BaseModel):
     box: Box | None = Field(default=None, description="region of the root image, root pixel frame")
 
     _pil: Image.Image | None = PrivateAttr(default=None)
+    _load: Callable[[], Image.Image] | None = PrivateAttr(default=None)
 
     @classmethod
     def from_pil(cls, image: Image.Image, **provenance) -> ImagePart:
@@ -58,18 +65,58 @@ class ImagePart(BaseModel):
         part._pil = image
         return part
 
+    @classmethod
+    def from_source(cls, image: Image.Image, load: Callable[[], Image.Image], **provenance) -> ImagePart:
+        """Like `from_pil`, but the part keeps `load` (which must reproduce `image` exactly) instead of the
+        pixels; `image` goes into the decoded-pixel cache, so using it right away decodes nothing."""
+        part = cls.from_pil(image, **provenance)
+        pixels.DECODED.put(part.sha256, part._pil)
+        part._pil, part._load = None, load
+        return part
+
+    def lazy(self, load: Callable[[], Image.Image]) -> ImagePart:
+        """A copy that holds `load` (which must reproduce these pixels) instead of the pixels."""
+        new = self.model_copy()
+        new._pil, new._load = None, load
+        return new
+
+    def release_pixels(self, load: Callable[[], Image.Image] | None = None) -> None:
+        """Drop pinned pixels, in place (every holder of this part sees it), keeping `load` to reproduce
+        them; without one, a lazy part keeps its own loader and a pinned one keeps its PNG bytes in memory."""
+        if self._pil is None:
+            if load is not None:
+                self._load = load
+            return
+        self._load = load or self._load or pixels.png_loader(self._pil)
+        self._pil = None
+
     @property
     def pil(self) -> Image.Image:
-        if self._pil is None:
-            raise ValueError(
-                f"image {self.sha256[:12]} (observation {self.observation}) has no pixels loaded; "
-                "read it through agent_grpo.store.RunStore, which attaches them"
-            )
-        return self._pil
+        if self._pil is not None:
+            return self._pil
+        if self._load is not None:
+            return pixels.DECODED.get(self.sha256, self._decode)
+        raise ValueError(
+            f"image {self.sha256[:12]} (observation {self.observation}) has no pixels loaded; "
+            "read it through agent_grpo.store.RunStore, which attaches them"
+        )
 
     @property
     def has_pixels(self) -> bool:
-        return self._pil is not None
+        return self._pil is not None or self._load is not None
+
+    @property
+    def is_lazy(self) -> bool:
+        """Pixels are decoded on access (and held only by the bounded cache), not kept by this part."""
+        return self._pil is None and self._load is not None
+
+    def _decode(self) -> Image.Image:
+        image = self._load()
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image_sha256(image) != self.sha256:
+            raise ValueError(f"the loader of image {self.sha256[:12]} (observation {self.observation}) gave other pixels")
+        return image
 
     def attach(self, image: Image.Image) -> ImagePart:
         """Attach pixels (e.g. read back from a store); they must match the recorded hash."""
@@ -79,9 +126,9 @@ class ImagePart(BaseModel):
         return self
 
     def with_provenance(self, **update) -> ImagePart:
-        """A copy with some provenance fields changed, sharing the pixels."""
+        """A copy with some provenance fields changed, sharing the pixels (or their loader)."""
         new = self.model_copy(update=update)
-        new._pil = self._pil
+        new._pil, new._load = self._pil, self._load
         return new
 
 

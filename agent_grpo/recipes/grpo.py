@@ -30,11 +30,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
 from rich.console import Console
 
+from agent_grpo import pixels
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
 from agent_grpo.models.chat import ChatFormat
@@ -55,6 +57,14 @@ from agent_grpo.train.progress import StepProgress
 from agent_grpo.train.precision import build_optimizer
 from agent_grpo.train.step import grpo_update
 from agent_grpo.trajectory import Task, Trajectory
+
+
+def memory_metrics(engine=None) -> dict[str, float]:
+    """Resident memory of this process and what the image caches hold (MiB), for each step's metrics."""
+    out = {"memory/rss_mb": psutil.Process().memory_info().rss / 2**20, **pixels.cache_metrics()}
+    if engine is not None and hasattr(engine, "cache_metrics"):
+        out.update(engine.cache_metrics())
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -137,7 +147,7 @@ def check_engine(cfg: TrainConfig) -> None:
 def build_engine(cfg: TrainConfig, policy, processor, chat: ChatFormat, max_images: int):
     """The rollout engine the config asks for: HF generates with `policy` itself; vLLM gets a synced copy."""
     if cfg.rollout.engine == "hf":
-        return HFEngine(policy, chat)
+        return HFEngine(policy, chat, image_cache_mb=cfg.memory.engine_image_cache_mb)
     from agent_grpo.rollout.vllm_engine import VLLMEngine
 
     v = cfg.rollout.vllm
@@ -241,6 +251,7 @@ class GRPORecipe:
             # The scheduler stays on the bare optimizer: accelerate's would step once per process.
             self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
             self.policy = self.accelerator.unwrap_model(self.model)
+        pixels.configure(cfg.memory.decoded_images_mb, cfg.memory.model_views_mb)
         self.engine = build_engine(cfg, self.policy, self.processor, self.chat, self.env.budget.max_images)
         rollout = RolloutConfig(
             group_size=cfg.rollout.group_size, max_total_tokens=cfg.rollout.max_total_tokens,
@@ -367,6 +378,7 @@ class GRPORecipe:
                 metrics = {**trajectory_metrics(everyone), **info, **update,
                            "time/rollout_s": t1 - t0, "time/update_s": t2 - t1}
                 metrics["time/tools_s"] = sum(t.metrics.get("time_env_s", 0.0) for t in everyone)
+                metrics.update(memory_metrics(self.engine))
                 if self.is_main:
                     # A resumed run repeats the steps after its checkpoint; the stopped run may have stored them.
                     self.store.extend(t for t in everyone if t.id not in self.store)

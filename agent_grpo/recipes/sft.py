@@ -25,10 +25,11 @@ from rich.console import Console
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
 from agent_grpo.models.chat import ChatFormat
-from agent_grpo.recipes.grpo import drop_metrics_after, lr_lambda, resume_point, seed_everything
+from agent_grpo import pixels
+from agent_grpo.recipes.grpo import drop_metrics_after, lr_lambda, memory_metrics, resume_point, seed_everything
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams
 from agent_grpo.train.checkpoint import load_training_state, save_checkpoint
-from agent_grpo.train.config import EnvConfig, ModelConfig, OptimConfig, Seed
+from agent_grpo.train.config import EnvConfig, MemoryConfig, ModelConfig, OptimConfig, Seed
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
 from agent_grpo.train.progress import StepProgress
@@ -72,6 +73,7 @@ class SFTConfig(BaseModel):
     eval: SFTEvalConfig = Field(default_factory=SFTEvalConfig)
     tensorboard: bool = True
     wandb: bool = Field(default=False, description="also log to Weights & Biases (must be installed)")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
@@ -120,6 +122,7 @@ class SFTRecipe:
         self.model, self.processor = build_policy(cfg.model, seed=cfg.seed, device=device)
         self.model.eval()
         self.chat = ChatFormat(self.processor)
+        pixels.configure(cfg.memory.decoded_images_mb, cfg.memory.model_views_mb)
         self.env = make_env(cfg.env.name, allow_tools=cfg.env.allow_tools, **cfg.env.options)
         if cfg.env.reward_weights:
             self.env.rubric = self.env.rubric.with_weights(**cfg.env.reward_weights)
@@ -180,6 +183,7 @@ class SFTRecipe:
                 )
                 self.step += 1
                 metrics["epoch"] = self.data_position / len(self.data.train)
+                metrics.update(memory_metrics())
                 self.logger.log(self.step, metrics)
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self.save()

@@ -43,12 +43,15 @@ class _ImageInputCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # [p, D], [3]
         self._bytes = 0
+        self.hits = self.misses = 0
 
     def __call__(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         if self.max_bytes <= 0:
             return self.image_inputs(images)
         keys = [image_sha256(img) for img in images]
         missing = {k: img for k, img in zip(keys, images, strict=True) if k not in self._entries}
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
         fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if missing:
             out = self.image_inputs(list(missing.values()))
@@ -75,11 +78,15 @@ class _ImageInputCache:
         self._entries.clear()
         self._bytes = 0
 
+    def metrics(self) -> dict[str, float]:
+        return {"memory/engine_image_cache_mb": self._bytes / 2**20, "memory/engine_image_cache_entries": float(len(self._entries)),
+                "memory/engine_image_cache_hits": float(self.hits), "memory/engine_image_cache_misses": float(self.misses)}
+
 
 class HFEngine:
     def __init__(
         self, model, chat, stop_strings: tuple[str, ...] | None = None, logits_processors=None,
-        image_cache_mb: int = 512,
+        image_cache_mb: float = 512,
     ):
         """`model`: a Qwen-VL `...ForConditionalGeneration`; `chat`: the `ChatFormat` of its processor.
 
@@ -98,7 +105,7 @@ class HFEngine:
         self.stop_texts = tuple(s for s in stops if s not in vocab)
         self.pad_id = chat.pad_token_id
         self.image_token_id = chat.image_token_id
-        self._image_inputs = _ImageInputCache(chat.image_inputs, image_cache_mb * 2**20)
+        self._image_inputs = _ImageInputCache(chat.image_inputs, int(image_cache_mb * 2**20))
         # The model must never write vision placeholders itself: an `<|image_pad|>` it samples would
         # claim an image that does not exist, so generate sets their logits to -inf. The recorded
         # logprobs stay those of the raw logits over the whole vocabulary (engine.py's convention,
@@ -115,6 +122,10 @@ class HFEngine:
 
     def update_weights(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict, strict=False)
+
+    def cache_metrics(self) -> dict[str, float]:
+        """Bytes and entries of the preprocessed-image cache, for the step's metrics."""
+        return self._image_inputs.metrics()
 
     def clear_image_cache(self) -> None:
         """Forget preprocessed images (they never go stale: the cache is keyed by pixels)."""

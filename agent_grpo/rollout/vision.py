@@ -3,6 +3,10 @@
 A group's G trajectories share their task image, and every turn repeats the images before it, so
 the same picture is resized and patchified many times per step unless it is cached. Keys are the
 image's content hash and its source (task images and tool images may have different view limits).
+
+Views also go through the process-wide, byte-bounded `agent_grpo.pixels.VIEWS` cache, so an image seen
+again in a later step (an SFT demonstration of the next epoch) is not decoded and resized again. Patches
+are kept per instance only: an instance lives for one rollout or one training step.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from agent_grpo import pixels
 from agent_grpo.budget import VisualBudget
 from agent_grpo.content import ImagePart
 
@@ -18,14 +23,12 @@ class VisionCache:
     def __init__(self, chat, budget: VisualBudget):
         self.chat = chat
         self.budget = budget
-        self._views: dict[tuple[str, str], Image.Image] = {}
+        self._limits = (budget.min_pixels_per_image, budget.max_pixels("task"), budget.max_pixels("tool"))
         self._patches: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def view(self, part: ImagePart) -> Image.Image:
-        key = (part.sha256, part.source)
-        if key not in self._views:
-            self._views[key] = self.budget.view(part.pil, part.source)
-        return self._views[key]
+        key = (part.sha256, part.source, self._limits)
+        return pixels.VIEWS.get(key, lambda: self.budget.view(part.pil, part.source))
 
     def grid(self, part: ImagePart) -> torch.Tensor:
         """`[3]` (t, h, w) patch grid of the image's view."""

@@ -11,6 +11,7 @@ outside `images/` nor make a reader decode a PNG bomb.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -98,6 +99,16 @@ class ImageStore:
         if not self.has(part.sha256):
             return False
         part.attach(self.load(part.sha256))
+        return True
+
+    def attach_lazy(self, part: ImagePart) -> bool:
+        """Give `part` a loader that reads its PNG when its pixels are used (nothing is decoded now);
+        False if they are not stored. Keeps a long list of stored trajectories small in memory."""
+        if part.has_pixels:
+            return True
+        if not self.has(part.sha256):
+            return False
+        part.release_pixels(load=functools.partial(self.load, part.sha256))
         return True
 
     def _write(self, sha: str, image: Image.Image) -> None:

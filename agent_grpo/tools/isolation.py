@@ -199,7 +199,7 @@ class ToolWorkers:
             "images": [img.model_copy(update={}) for img in call.context.images], "pixels": new, "evict": evict,
         }
         for img in request["images"]:
-            img._pil = None
+            img._pil = img._load = None  # pixels go separately; a lazy part's loader may not pickle
         try:
             data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:  # noqa: BLE001 - e.g. a context holding something unpicklable

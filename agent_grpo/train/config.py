@@ -139,6 +139,18 @@ class OptimConfig(_Strict):
     )
 
 
+class MemoryConfig(_Strict):
+    """Byte limits of the in-memory image caches (MiB); what they hold is logged as `memory/...` each step."""
+
+    decoded_images_mb: float = Field(
+        default=256, ge=0, description="full-resolution pixels of lazy images (task canvases, stored images)"
+    )
+    model_views_mb: float = Field(default=128, ge=0, description="the model's resized views of images")
+    engine_image_cache_mb: float = Field(
+        default=64, ge=0, description="the HF engine's preprocessed images (patches) kept between generate calls"
+    )
+
+
 class TrainConfig(_Strict):
     """`agent-grpo train CONFIG.yaml`: everything a GRPO run needs."""
 
@@ -156,6 +168,7 @@ class TrainConfig(_Strict):
     tensorboard: bool = True
     wandb: bool = Field(default=False, description="also log to Weights & Biases (must be installed)")
     store_images: bool = Field(default=True, description="keep trajectory images in the run store")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

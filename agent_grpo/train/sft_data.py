@@ -24,6 +24,7 @@ token, and a real model's non-canonical tokenisation of its own text is not reco
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -46,10 +47,12 @@ from agent_grpo.rollout.driver import RolloutConfig, RolloutDriver
 from agent_grpo.rollout.engine import GenRequest, SamplingParams
 from agent_grpo.rollout.scripted import ScriptedEngine
 from agent_grpo.rollout.vision import VisionCache
-from agent_grpo.store import IndexRow, RunStore, StoredRecord
+from agent_grpo.store import IndexRow, RunStore, StoredRecord, image_parts
 from agent_grpo.trajectory import Segment, Task, Termination, Trajectory
 
 ScriptedPolicy = Callable[[Task, float, np.random.Generator], list[str]]
+
+SCRIPTED_CHUNK_TASKS = 32  # tasks whose scripted demonstrations are played (and their pixels live) at once
 
 
 class SFTDataConfig(BaseModel):
@@ -190,10 +193,16 @@ def scripted_policy(env: Environment, spec: str | None) -> ScriptedPolicy:
 
 
 def scripted_demos(
-    env: Environment, tasks: Sequence[Task], chat, policy: ScriptedPolicy, cfg: SFTDataConfig, seed: int, tag: str
+    env: Environment, tasks: Sequence[Task], chat, policy: ScriptedPolicy, cfg: SFTDataConfig, seed: int, tag: str,
+    chunk_tasks: int | None = None,
 ) -> list[Trajectory]:
-    """Play `policy` on `tasks` through the rollout driver (scored per group, like RL)."""
-    by_group_id = {f"{tag}{t.id}": t for t in tasks}
+    """Play `policy` on `tasks` through the rollout driver (scored per group, like RL).
+
+    Tasks are played `chunk_tasks` at a time and each finished demonstration keeps its tool images as
+    PNG bytes, not decoded (`release_pixels`; task images are lazy already), so memory does not grow with
+    the number of demonstrations. Chunking changes nothing else: the scripted engine answers each request
+    on its own and groups are scored on their own."""
+    by_group_id: dict[str, Task] = {}
     turns: dict[str, list[str]] = {}
 
     def script(request: GenRequest) -> str:
@@ -207,7 +216,28 @@ def scripted_demos(
 
     rollout = RolloutConfig(group_size=cfg.demos_per_task, max_total_tokens=cfg.max_total_tokens,
                             sampling=SamplingParams(max_new_tokens=cfg.max_new_tokens))
-    return RolloutDriver(env, ScriptedEngine(script, chat), chat, rollout).rollout(list(tasks), tag=tag)
+    driver = RolloutDriver(env, ScriptedEngine(script, chat), chat, rollout)
+    chunk_tasks = chunk_tasks or SCRIPTED_CHUNK_TASKS
+    out: list[Trajectory] = []
+    for start in range(0, len(tasks), chunk_tasks):
+        chunk = list(tasks[start : start + chunk_tasks])  # a lazy split draws only these
+        by_group_id = {f"{tag}{t.id}": t for t in chunk}
+        turns.clear()
+        demos = driver.rollout(chunk, tag=tag)
+        for traj in demos:
+            release_pixels(traj)
+        out += demos
+    return out
+
+
+def release_pixels(traj: Trajectory) -> None:
+    """Let every image of `traj` drop its decoded pixels (kept as PNG bytes or its own loader).
+
+    Done in place: the same part is referenced from the images list, the messages and the tool results."""
+    for part in traj.images:
+        part.release_pixels()
+    for part in traj.task.images:
+        part.release_pixels()
 
 
 def select_rows(rows: list[IndexRow], cfg: SFTDataConfig, counts: dict[str, int]) -> list[IndexRow]:
@@ -247,7 +277,9 @@ def load_run(
     with_images = [r for r in rows if r.images_stored]
     counts["dropped_images_not_stored"] = len(rows) - len(with_images)
     out, as_stored = [], None
-    for traj in store.iter(with_images, images=True):
+    for traj in store.iter(with_images):
+        for part in image_parts(traj):  # read from the store when used, never all decoded at once
+            store.images.attach_lazy(part)
         if cfg.resegment or not traj.segments:
             traj = resegmented(traj, chat, tools, budget)
         elif as_stored is None:
@@ -311,8 +343,10 @@ def _messages(raw: list[dict], folder: Path) -> list[Message]:
                 parts.append(TextPart(text=p["text"]))
                 continue
             source = "tool" if m["role"] == "tool" else "task"
-            image = load_image(contained_path(folder, p["image"]))  # never a file outside the export folder
-            parts.append(ImagePart.from_pil(image, observation=observation, source=source))
+            path = contained_path(folder, p["image"])  # never a file outside the export folder
+            # The row keeps the path: pixels are decoded again when used (checked against the hash).
+            parts.append(ImagePart.from_source(load_image(path), functools.partial(load_image, path),
+                                               observation=observation, source=source))
             observation += 1
         messages.append(Message(role=m["role"], content=parts))
     return messages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -235,6 +236,66 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str,
     return rows
 
 
+def _json_row(path: Path, number: int, data: bytes, required: Sequence[str]) -> dict[str, Any]:
+    try:
+        row = json.loads(data)
+    except ValueError as e:
+        raise DatasetError(f"{path}, line {number}: not valid JSON ({e})") from e
+    if not isinstance(row, dict):
+        raise DatasetError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in required if k not in row]
+    if missing:
+        raise DatasetError(f"{path}, line {number}: missing field(s) {missing}; a row needs {list(required)}")
+    return row
+
+
+class JsonlRows(Sequence[dict[str, Any]]):
+    """The rows of a JSONL task file, read from disk when indexed: a split of any size opens in constant
+    memory (8 bytes per row: where its line starts; its line number is kept only while lines are blank-free).
+
+    Opening streams the file once and checks every row with `parse(number, row)` (which raises
+    `DatasetError` naming file and line), so a bad row still fails at open; indexing reads the line
+    again and returns `parse`'s result."""
+
+    def __init__(self, path: Path, required: Sequence[str], parse: Callable[[int, dict[str, Any]], dict[str, Any]]):
+        self.path, self.required, self.parse = Path(path), tuple(required), parse
+        self._offsets, self._numbers = array("q"), array("q")
+        try:
+            with open(self.path, "rb") as f:
+                offset = 0
+                for number, line in enumerate(f, start=1):
+                    if line.strip():
+                        try:
+                            line.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            raise DatasetError(f"cannot read task file {self.path}: {e}") from e
+                        parse(number, _json_row(self.path, number, line, self.required))
+                        self._offsets.append(offset)
+                        self._numbers.append(number)
+                    offset += len(line)
+        except OSError as e:
+            raise DatasetError(f"cannot read task file {self.path}: {e}") from e
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            view = JsonlRows.__new__(JsonlRows)
+            view.path, view.required, view.parse = self.path, self.required, self.parse
+            view._offsets, view._numbers = self._offsets[i], self._numbers[i]
+            return view
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range for {len(self)} rows of {self.path}")
+        with open(self.path, "rb") as f:
+            f.seek(self._offsets[i])
+            line = f.readline()
+        number = self._numbers[i]
+        return self.parse(number, _json_row(self.path, number, line, self.required))
+
+
 def image_path(root: Path, value: Any, where: str) -> Path:
     """Resolve a row's relative image path under `root`; it must exist (decoding happens later, lazily)."""
     if not isinstance(value, str) or not value.strip():
@@ -249,8 +310,10 @@ def image_path(root: Path, value: Any, where: str) -> Path:
 
 
 def load_task_image(path: Path, where: str) -> ImagePart:
-    """Decode an image (EXIF orientation, size limits) into a task image; errors name the row."""
+    """Decode an image (EXIF orientation, size limits) into a task image; errors name the row.
+
+    The part keeps the path, not the pixels: they are decoded again when needed (`ImagePart.from_source`)."""
     try:
-        return ImagePart.from_pil(load_image(path))
+        return ImagePart.from_source(load_image(path), lambda: load_image(path))
     except ImageError as e:
         raise DatasetError(f"{where}: {e}") from e

@@ -37,7 +37,7 @@ from agent_grpo_envs._common import (
     image_path,
     load_task_image,
     parse_split,
-    read_jsonl,
+    JsonlRows,
     task_seed,
 )
 from agent_grpo_envs.grounding.generator import generate
@@ -126,12 +126,13 @@ class GroundingEnv(Environment):
 
     def _synthetic_task(self, split: str, index: int, seed: int) -> Task:
         s = task_seed(split, index, seed)
-        scene = generate(s, self.config.canvas_size)
+        size = self.config.canvas_size
+        scene = generate(s, size)
         box = [float(v) for v in scene.target.box]
         return Task(
             id=f"{self.name}-{split}-{seed}-{index}",
             question=question(scene.expression, scene.image.width, scene.image.height),
-            images=[ImagePart.from_pil(scene.image)],
+            images=[ImagePart.from_source(scene.image, lambda: generate(s, size).image)],  # redrawn when needed
             answer=box,
             split=split,
             metadata={
@@ -140,28 +141,29 @@ class GroundingEnv(Environment):
             },
         )
 
-    def _read(self, path: Path, split: str) -> list[dict[str, Any]]:
+    def _read(self, path: Path, split: str) -> JsonlRows:
+        """The split's rows, each checked now and read from the file again when indexed (constant memory)."""
         path = Path(path)
         if not path.is_file():
             raise DatasetError(f"grounding data for split {split!r} not found: {path}")
-        rows = []
-        for number, row in read_jsonl(path, ("image", "expression", "bbox")):
-            where = f"{path}, line {number}"
-            if not isinstance(row["expression"], str) or not row["expression"].strip():
-                raise DatasetError(f"{where}: 'expression' must be a non-empty string")
-            try:
-                box = Box.from_list(row["bbox"])
-            except ValueError as e:
-                raise DatasetError(f"{where}: 'bbox' {row['bbox']!r} is not a box: {e}") from e
-            if self.config.bbox_format == "xywh":
-                box = Box(x1=box.x1, y1=box.y1, x2=box.x1 + box.x2, y2=box.y1 + box.y2)
-            if box.area <= 0:
-                raise DatasetError(f"{where}: 'bbox' {row['bbox']!r} is empty")
-            rows.append({
-                "where": where, "path": image_path(path.parent, row["image"], where), "image": row["image"],
-                "expression": row["expression"].strip(), "box": box.as_list(), "id": row.get("id", number), "split": split,
-            })
-        return rows
+        return JsonlRows(path, ("image", "expression", "bbox"), lambda number, row: self._parse_row(path, split, number, row))
+
+    def _parse_row(self, path: Path, split: str, number: int, row: dict[str, Any]) -> dict[str, Any]:
+        where = f"{path}, line {number}"
+        if not isinstance(row["expression"], str) or not row["expression"].strip():
+            raise DatasetError(f"{where}: 'expression' must be a non-empty string")
+        try:
+            box = Box.from_list(row["bbox"])
+        except ValueError as e:
+            raise DatasetError(f"{where}: 'bbox' {row['bbox']!r} is not a box: {e}") from e
+        if self.config.bbox_format == "xywh":
+            box = Box(x1=box.x1, y1=box.y1, x2=box.x1 + box.x2, y2=box.y1 + box.y2)
+        if box.area <= 0:
+            raise DatasetError(f"{where}: 'bbox' {row['bbox']!r} is empty")
+        return {
+            "where": where, "path": image_path(path.parent, row["image"], where), "image": row["image"],
+            "expression": row["expression"].strip(), "box": box.as_list(), "id": row.get("id", number), "split": split,
+        }
 
     def _row_task(self, row: dict[str, Any]) -> Task:
         image = load_task_image(row["path"], row["where"])

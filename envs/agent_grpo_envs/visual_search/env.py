@@ -91,10 +91,12 @@ class VisualSearchEnv(Environment):
         """Task `index` of `split` (the same pixels every time)."""
         s = task_seed(split, index, seed)
         scene = generate(s, self.config)
+        config = self.config
         return Task(
             id=f"{self.name}-{split}-{seed}-{index}",
             question=question_for(scene.cell, self.config.grid, scene.cell_box),
-            images=[ImagePart.from_pil(scene.image)],
+            # The canvas is drawn again from its seed when needed: a task row holds no decoded pixels.
+            images=[ImagePart.from_source(scene.image, lambda: generate(s, config).image)],
             answer=str(scene.digit),
             split=split,
             metadata={

@@ -38,7 +38,7 @@ from agent_grpo_envs._common import (
     image_path,
     load_task_image,
     parse_split,
-    read_jsonl,
+    JsonlRows,
     search_rubric,
 )
 
@@ -74,7 +74,8 @@ class VStarEnv(Environment):
                 f"{questions} not found: point root= at a V*-Bench folder (the one holding {QUESTIONS_FILE}, "
                 "e.g. a download of the craigwu/vstar_bench dataset)"
             )
-        self._rows = [self._parse_row(questions, n, row) for n, row in read_jsonl(questions, ("image", "text", "label"))]
+        # Rows are checked now and read again when indexed: any number of questions opens in constant memory.
+        self._rows = JsonlRows(questions, ("image", "text", "label"), lambda n, row: self._parse_row(questions, n, row))
         super().__init__(budget=budget, tools=tools, rubric=rubric, allow_tools=allow_tools, tool_timeout_s=tool_timeout_s)
 
     # ---- override points -------------------------------------------------------------------
