@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from agent_grpo.boxes import Box
 from agent_grpo import pixels
+from agent_grpo.boxes import Box
 from agent_grpo.images import image_sha256, to_rgb
 
 

@@ -135,7 +135,6 @@ class ForcedTurns:
 
     def __init__(self, env, chat, quality: float = 0.5):
         import numpy as np
-
         from agent_grpo_envs.visual_search import scripted_turns
 
         self.env, self.chat, self.quality = env, chat, quality

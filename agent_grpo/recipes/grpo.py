@@ -53,8 +53,8 @@ from agent_grpo.train.config import TrainConfig
 from agent_grpo.train.fsdp import check_fsdp, copy_full_weights, fsdp_plugin, shard_model
 from agent_grpo.train.metrics import InstabilityMonitor, MetricsLogger, read_metrics, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights, reference_model
-from agent_grpo.train.progress import StepProgress
 from agent_grpo.train.precision import build_optimizer
+from agent_grpo.train.progress import StepProgress
 from agent_grpo.train.step import grpo_update
 from agent_grpo.trajectory import Task, Trajectory
 

@@ -22,18 +22,24 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
+from agent_grpo import pixels
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
 from agent_grpo.models.chat import ChatFormat
-from agent_grpo import pixels
-from agent_grpo.recipes.grpo import drop_metrics_after, lr_lambda, memory_metrics, resume_point, seed_everything
+from agent_grpo.recipes.grpo import (
+    drop_metrics_after,
+    lr_lambda,
+    memory_metrics,
+    resume_point,
+    seed_everything,
+)
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams
 from agent_grpo.train.checkpoint import load_training_state, save_checkpoint
 from agent_grpo.train.config import EnvConfig, MemoryConfig, ModelConfig, OptimConfig, Seed
 from agent_grpo.train.metrics import MetricsLogger, trajectory_metrics
 from agent_grpo.train.policy import build_policy, load_weights
-from agent_grpo.train.progress import StepProgress
 from agent_grpo.train.precision import build_optimizer
+from agent_grpo.train.progress import StepProgress
 from agent_grpo.train.sft_data import SFTDataConfig, load_sft_data
 from agent_grpo.train.sft_loss import sft_evaluate, sft_update
 from agent_grpo.trajectory import ToolErrorKind, Trajectory

@@ -119,7 +119,7 @@ def test_a_loader_that_gives_other_pixels_is_refused():
     part = ImagePart.from_source(image, lambda: Image.new("RGB", (8, 8), (9, 9, 9)))
     pixels.DECODED.clear()
     with pytest.raises(ValueError, match="other pixels"):
-        part.pil
+        _ = part.pil
 
 
 def test_released_tool_images_keep_png_bytes_and_every_holder_sees_it():

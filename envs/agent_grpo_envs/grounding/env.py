@@ -32,12 +32,12 @@ from agent_grpo.trajectory import Task, Trajectory
 from agent_grpo_envs._common import (
     DatasetError,
     GeneratedTasks,
+    JsonlRows,
     compose_panel,
     draw_box,
     image_path,
     load_task_image,
     parse_split,
-    JsonlRows,
     task_seed,
 )
 from agent_grpo_envs.grounding.generator import generate

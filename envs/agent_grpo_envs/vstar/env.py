@@ -33,12 +33,12 @@ from agent_grpo.trajectory import Task
 from agent_grpo_envs._common import (
     DatasetError,
     GeneratedTasks,
+    JsonlRows,
     compose_panel,
     draw_box,
     image_path,
     load_task_image,
     parse_split,
-    JsonlRows,
     search_rubric,
 )
 
