@@ -38,10 +38,13 @@ def main(run: str, first_step: int, mode: str) -> None:
         os.write = torn_write
         store.append(run_group(env, task, step + 1)[0])
     else:
+        # The first group is stored before "writing": the kill then lands mid-stream however slow the
+        # machine is to start (each run_group may first boot the tool worker processes).
+        store.extend(run_group(env, task, step))
         print("writing", flush=True)
         while True:
-            store.extend(run_group(env, task, step))
             step += 1
+            store.extend(run_group(env, task, step))
 
 
 if __name__ == "__main__":
