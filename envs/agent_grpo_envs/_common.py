@@ -221,22 +221,12 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str,
         raise DatasetError(f"cannot read task file {path}: {e}") from e
     rows = []
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DatasetError(f"{path}, line {number}: not valid JSON ({e})") from e
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise DatasetError(f"{path}, line {number}: missing field(s) {missing}; a row needs {list(required)}")
-        rows.append((number, row))
+        if line.strip():
+            rows.append((number, _json_row(path, number, line, required)))
     return rows
 
 
-def _json_row(path: Path, number: int, data: bytes, required: Sequence[str]) -> dict[str, Any]:
+def _json_row(path: Path, number: int, data: str | bytes, required: Sequence[str]) -> dict[str, Any]:
     try:
         row = json.loads(data)
     except ValueError as e:
