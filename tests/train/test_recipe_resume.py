@@ -19,6 +19,7 @@ from trainer_fixtures import (
     PAUSE_MARKER,
     params_of,
     register_env_plugin,
+    run_recipe,
     subprocess_env,
     tiny_config,
     tiny_overrides,
@@ -42,20 +43,10 @@ def plugin(tmp_path_factory):
         yield root
 
 
-def run(cfg):
-    recipe = GRPORecipe(cfg, progress=False)
-    recipe.setup()
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
-    return recipe
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(plugin, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    recipe = run(tiny_config(out, STEPS))
+    recipe = run_recipe(tiny_config(out, STEPS))
     return out, params_of(recipe.policy)
 
 
@@ -143,7 +134,7 @@ def test_sigkill_mid_step_3_then_resume_with_the_cli(uninterrupted, plugin, tmp_
 
 def test_lora_run_resumes_from_its_adapter_checkpoint(plugin, tmp_path):
     lora = ("model.lora=true", "model.lora_r=4", "model.freeze_vision=true")
-    straight = run(tiny_config(tmp_path / "straight", 2, *lora))
+    straight = run_recipe(tiny_config(tmp_path / "straight", 2, *lora))
     assert (tmp_path / "straight/checkpoints/step_000002/model/adapter_model.safetensors").exists()
 
     cfg = tiny_config(tmp_path / "resumed", 2, *lora)
@@ -152,7 +143,7 @@ def test_lora_run_resumes_from_its_adapter_checkpoint(plugin, tmp_path):
     first.cfg = cfg.model_copy(update={"steps": 1})  # stop after the step-1 checkpoint
     first.train()
     first.cleanup()
-    resumed = run(cfg)
+    resumed = run_recipe(cfg)
     assert resumed.step == 2
     want, got = params_of(straight.policy), params_of(resumed.policy)
     assert [k for k in want if not torch.equal(want[k], got[k])] == []

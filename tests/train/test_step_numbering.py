@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trainer_fixtures import register_env_plugin, tiny_config
+from trainer_fixtures import register_env_plugin, run_recipe, tiny_config
 
 from agent_grpo.recipes.grpo import GRPORecipe
 from agent_grpo.store import RunMeta, RunStore
@@ -22,19 +22,9 @@ def plugin(tmp_path_factory):
         yield root
 
 
-def train(cfg) -> GRPORecipe:
-    recipe = GRPORecipe(cfg, progress=False)
-    recipe.setup()
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
-    return recipe
-
-
 @pytest.mark.slow
 def test_trajectories_metrics_and_checkpoints_share_1_based_steps(plugin, tmp_path):
-    recipe = train(tiny_config(tmp_path, 2))
+    recipe = run_recipe(tiny_config(tmp_path, 2))
     store = RunStore.open(tmp_path / "trajectories")
     assert sorted({r.step for r in store.rows}) == [1, 2]
     assert all(r.id.startswith(f"s{r.step}-") for r in store.rows)

@@ -104,6 +104,19 @@ def tiny_config(out_dir: Path, steps: int, *more: str):
     return load_config(None, tiny_overrides(out_dir, steps, *more))
 
 
+def run_recipe(cfg):
+    """A GRPO recipe set up, trained to the end and cleaned up (also when training raises)."""
+    from agent_grpo.recipes.grpo import GRPORecipe
+
+    recipe = GRPORecipe(cfg, progress=False)
+    recipe.setup()
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return recipe
+
+
 def params_of(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
