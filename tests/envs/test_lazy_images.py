@@ -49,6 +49,13 @@ def pinned_bytes(trajs) -> int:
 
 
 @pytest.mark.slow
+def assert_read_again_from_its_source(part) -> None:
+    """A lazy part holds no pixels; once the decoded cache is empty it reads the very same ones again."""
+    assert part.is_lazy
+    pixels.DECODED.clear()
+    assert image_sha256(part.pil) == part.sha256
+
+
 def test_demo_pixels_and_tokens_are_those_recorded_before_laziness(no_caches, monkeypatch):
     monkeypatch.setattr(sft_data, "SCRIPTED_CHUNK_TASKS", 5, raising=False)  # several chunks: chunking changes nothing
     chat = ChatFormat(load_processor(PERCEPTION))
@@ -88,19 +95,13 @@ def test_grounding_synthetic_and_file_rows_are_lazy(tmp_path):
     rows.write_text(json.dumps({"image": "a.png", "expression": "the green one", "bbox": [1, 2, 30, 40]}) + "\n")
     env = make_env("grounding", config={"data": {"test": str(rows)}})
     for task in (env.load_tasks("train", n=1)[0], env.load_tasks("test")[0]):
-        part = task.images[0]
-        assert part.is_lazy
-        pixels.DECODED.clear()
-        assert image_sha256(part.pil) == part.sha256
+        assert_read_again_from_its_source(task.images[0])
 
 
 def test_vstar_task_images_are_read_from_their_files_when_used():
     env = make_env("vstar")
     task = env.load_tasks("test", n=1)[0]
-    part = task.images[0]
-    assert part.is_lazy
-    pixels.DECODED.clear()
-    assert image_sha256(part.pil) == part.sha256
+    assert_read_again_from_its_source(task.images[0])
 
 
 def test_a_huge_synthetic_split_opens_in_constant_memory():
