@@ -39,7 +39,7 @@ import torch
 
 from agent_grpo.rollout.engine import GenRequest, GenResult, SamplingParams
 from agent_grpo.rollout.hf_engine import SUPPRESSED
-from agent_grpo.rollout.stops import cut_at_stops
+from agent_grpo.rollout.stops import cut_at_stops, earliest_stop_string
 
 INSTALL_HINT = (
     "rollout.engine: vllm needs vLLM in this environment. On a GPU machine: pip install vllm==0.32.0 "
@@ -260,9 +260,8 @@ class VLLMEngine:
             return GenResult(token_ids=tokens, logprobs=lps, finish_reason="length")
         last = kept[-1]
         text = self.stop_token_ids.get(last)
-        if text is None:
-            decoded = self._decode(kept)
-            text = min((decoded.find(s), s) for s in self.stop_texts if s in decoded)[1]
+        if text is None:  # a stop string: the same one HF's engine names (first, longer on a tie)
+            text = earliest_stop_string(self._decode(kept), self.stop_texts)[1]
         return GenResult(token_ids=kept, logprobs=lps[: len(kept)], finish_reason="stop", stop_text=text)
 
     def _decode(self, ids) -> str:
