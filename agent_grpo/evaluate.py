@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from agent_grpo.envs.api import Environment
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams
+from agent_grpo.train.config import MemoryConfig
 from agent_grpo.trajectory import Trajectory
 
 
@@ -75,12 +76,17 @@ def summarize(name: str, env: str, split: str, trajs: list[Trajectory], k: int) 
 def evaluate_policy(
     model, chat, env: Environment, *, name: str = "policy", split: str = "test", n: int = 200, k: int = 1,
     seed: int = 0, max_new_tokens: int = 96, max_total_tokens: int = 1024, batch_size: int = 64,
+    image_cache_mb: float | None = None,
 ) -> tuple[EvalResult, list[Trajectory]]:
-    """Greedy for k = 1, temperature 1 sampling for k > 1."""
+    """Greedy for k = 1, temperature 1 sampling for k > 1. `image_cache_mb`: the engine's preprocessed-image
+    cache (default: `memory.engine_image_cache_mb`'s default)."""
+    if image_cache_mb is None:
+        image_cache_mb = MemoryConfig().engine_image_cache_mb
     tasks = list(env.load_tasks(split, n=n, seed=seed))
     sampling = SamplingParams(max_new_tokens=max_new_tokens, greedy=k == 1, seed=seed)
     config = RolloutConfig(group_size=k, max_total_tokens=max_total_tokens, max_batch_size=batch_size, sampling=sampling)
-    trajs = RolloutDriver(env, HFEngine(model.eval(), chat), chat, config).rollout(tasks, seed=seed, tag=f"eval-{name}-")
+    engine = HFEngine(model.eval(), chat, image_cache_mb=image_cache_mb)
+    trajs = RolloutDriver(env, engine, chat, config).rollout(tasks, seed=seed, tag=f"eval-{name}-")
     return summarize(name, env.name, split, trajs, k), trajs
 
 

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import resource
 import time
 from pathlib import Path
 
@@ -60,8 +61,12 @@ from agent_grpo.trajectory import Task, Trajectory
 
 
 def memory_metrics(engine=None) -> dict[str, float]:
-    """Resident memory of this process and what the image caches hold (MiB), for each step's metrics."""
-    out = {"memory/rss_mb": psutil.Process().memory_info().rss / 2**20, **pixels.cache_metrics()}
+    """Resident memory of this process and what the image caches hold (MiB), for each step's metrics.
+    `peak_rss_mb` is the kernel's high-water mark so far: it catches the peak inside a step (the backward),
+    which the RSS sampled at the step's end misses."""
+    out = {"memory/rss_mb": psutil.Process().memory_info().rss / 2**20,
+           "memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,  # Linux: KiB
+           **pixels.cache_metrics()}
     if engine is not None and hasattr(engine, "cache_metrics"):
         out.update(engine.cache_metrics())
     return out

@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
+from agent_grpo import pixels
 from agent_grpo.envs.registry import make_env
 from agent_grpo.evaluate import EvalResult, evaluate_policy, results_table, write_results
 from agent_grpo.models.chat import ChatFormat
@@ -88,6 +89,11 @@ class Pipeline:
         if cached.exists():
             return EvalResult.model_validate_json(cached.read_text())
         self.console.print(f"[bold]evaluate[/] {label}: {cfg.eval.n} held-out tasks ({checkpoint})")
+        # The stage before filled the image caches with its own images: start empty, within the GRPO stage's limits.
+        pixels.DECODED.clear()
+        pixels.VIEWS.clear()
+        memory = cfg.grpo.memory
+        pixels.configure(memory.decoded_images_mb, memory.model_views_mb)
         model, processor = build_policy(ModelConfig(path=checkpoint), seed=0)
         env = make_env(cfg.grpo.env.name, allow_tools=cfg.grpo.env.allow_tools, **cfg.env_options)
         if cfg.grpo.env.reward_weights:
@@ -96,6 +102,7 @@ class Pipeline:
             result, trajs = evaluate_policy(
                 model, ChatFormat(processor), env, name=label, split=cfg.eval.split, n=cfg.eval.n,
                 seed=cfg.eval.seed, max_new_tokens=cfg.eval.max_new_tokens, max_total_tokens=cfg.eval.max_total_tokens,
+                image_cache_mb=memory.engine_image_cache_mb,
             )
         finally:
             env.shutdown()

@@ -215,7 +215,8 @@ class SFTRecipe:
             tasks = self.env.load_tasks(cfg.env.eval_split, n=cfg.env.num_eval_tasks, seed=cfg.seed)
             rollout = RolloutConfig(group_size=1, max_total_tokens=cfg.data.max_total_tokens,
                                     sampling=SamplingParams(greedy=True, max_new_tokens=cfg.eval.max_new_tokens))
-            driver = RolloutDriver(self.env, HFEngine(self.model, self.chat), self.chat, rollout)
+            engine = HFEngine(self.model, self.chat, image_cache_mb=cfg.memory.engine_image_cache_mb)
+            driver = RolloutDriver(self.env, engine, self.chat, rollout)
             trajs = driver.rollout(list(tasks), tag=f"eval{self.step}-")
             out.update(trajectory_metrics(trajs, prefix="eval/"))
             quality = [first_call_quality(t) for t in trajs]

@@ -86,7 +86,7 @@ class _ImageInputCache:
 class HFEngine:
     def __init__(
         self, model, chat, stop_strings: tuple[str, ...] | None = None, logits_processors=None,
-        image_cache_mb: float = 512,
+        image_cache_mb: float = 64,
     ):
         """`model`: a Qwen-VL `...ForConditionalGeneration`; `chat`: the `ChatFormat` of its processor.
 

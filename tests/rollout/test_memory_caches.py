@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from PIL import Image
 
 from agent_grpo import pixels
@@ -41,3 +43,31 @@ def test_memory_limits_are_config_fields():
     cfg = TrainConfig.model_validate({"memory": {"engine_image_cache_mb": 8, "decoded_images_mb": 32}})
     assert cfg.memory == MemoryConfig(engine_image_cache_mb=8, decoded_images_mb=32)
     assert MemoryConfig().model_views_mb > 0
+
+
+def test_evaluation_engine_cache_is_bounded_by_the_memory_config(tiny, zoom_env, monkeypatch):
+    """The demo's final evaluation ran its HF engine with a 512 MB preprocessed-image cache (the engine's own
+    default, not `memory.engine_image_cache_mb`): on top of the GRPO stage's full caches, that was the run's
+    2.02 GiB peak. Evaluations now take the configured limit, and the engine's default equals the config's."""
+    import agent_grpo.evaluate as evaluate
+
+    model, _, chat = tiny
+    engines = []
+
+    class Recording(HFEngine):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            engines.append(self)
+
+    monkeypatch.setattr(evaluate, "HFEngine", Recording)
+    view = VisionCache(chat, zoom_env.budget).view(zoom_env.load_tasks(n=1)[0].images[0])  # what the engine sees
+    one = chat.image_inputs([view])["pixel_values"].nbytes
+    evaluate.evaluate_policy(model, chat, zoom_env, n=3, max_new_tokens=4, image_cache_mb=1.5 * one / 2**20)
+    m = engines[-1].cache_metrics()
+    assert m["memory/engine_image_cache_misses"] >= 2  # three different task images went through it
+    assert m["memory/engine_image_cache_entries"] == 1 and m["memory/engine_image_cache_mb"] * 2**20 <= 1.5 * one
+
+    evaluate.evaluate_policy(model, chat, zoom_env, n=1, max_new_tokens=4)
+    assert engines[-1]._image_inputs.max_bytes == MemoryConfig().engine_image_cache_mb * 2**20
+    default = inspect.signature(HFEngine).parameters["image_cache_mb"].default
+    assert default == MemoryConfig().engine_image_cache_mb
