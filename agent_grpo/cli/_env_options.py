@@ -13,7 +13,7 @@ import typing
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from agent_grpo.errors import ConfigError
 
@@ -67,14 +67,24 @@ def parse_env_options(env_name: str, factory: type, items: list[str]) -> dict[st
     values = {}
     for key, value in raw_values.items():
         try:
-            adapter = TypeAdapter(options[key], config=ConfigDict(arbitrary_types_allowed=True))
-            values[key] = adapter.validate_python(value)
+            values[key] = _validate(options[key], value)
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join([key, *(str(x) for x in err["loc"] if not _is_union_branch(x))])
             raise ConfigError(f"--set {where}: {err['msg']} (given: {given[key]}; the option is "
                               f"{_type_name(options[key])})") from e
     return values
+
+
+def _validate(annotation: Any, value: Any) -> Any:
+    # A dict for a `SomeConfig | dict | None` option is checked as SomeConfig, so a bad field is named here.
+    if isinstance(value, dict):
+        for member in typing.get_args(annotation):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                return member.model_validate(value)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation.model_validate(value)
+    return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True)).validate_python(value)
 
 
 def _is_union_branch(loc: Any) -> bool:

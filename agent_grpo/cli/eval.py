@@ -43,10 +43,12 @@ def evaluate(
 ) -> None:
     """Avg@k, pass@k, accuracy per category, tool use and the environment's own columns."""
     import torch
+    from pydantic import ValidationError
 
     from agent_grpo.cli._config import check_out_dir, checkpoint_folder
     from agent_grpo.cli._env_options import parse_env_options
     from agent_grpo.envs.registry import load_envs, make_env
+    from agent_grpo.errors import ConfigError
     from agent_grpo.evaluate import category_table, evaluate_engine, results_table, write_results
     from agent_grpo.train.config import EnvConfig
 
@@ -63,7 +65,10 @@ def evaluate(
         check_out_dir(out, "--out")
     envs = load_envs()
     options = parse_env_options(env, envs[env].factory, set_) if env in envs else {}
-    environment = make_env(env, allow_tools=not no_tools, **options)  # an uninstalled name: PluginError
+    try:
+        environment = make_env(env, allow_tools=not no_tools, **options)  # an uninstalled name: PluginError
+    except (TypeError, ValidationError) as e:
+        raise ConfigError(f"--set: {env} refused its options: {e}") from e
     try:
         if split not in environment.splits:
             raise typer.BadParameter(f"{env} has no split {split!r}; its splits: {', '.join(environment.splits)}",
