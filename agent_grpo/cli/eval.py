@@ -36,7 +36,9 @@ def evaluate(
     n: int = typer.Option(200, "--n", min=1, help="tasks (the first n of the split)"),
     k: int = typer.Option(1, "--k", min=1, help="samples per task: 1 = greedy, >1 = Avg@k with temperature 1"),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="tokens per model turn"),
-    max_total_tokens: int = typer.Option(1024, "--max-total-tokens", min=16, help="tokens per trajectory, images included"),
+    max_total_tokens: int = typer.Option(
+        None, "--max-total-tokens", min=16,
+        help="tokens per trajectory, images included (default: room for the environment's visual budget and every turn)"),
     no_tools: bool = typer.Option(False, "--no-tools", help="offer no tools (ablation)"),
     out: Path = typer.Option(None, "--out", help="folder for results.md / results.json and the trajectories"),
     seed: int = typer.Option(0, help="task and sampling seed"),
@@ -76,7 +78,7 @@ def evaluate(
         engine, chat, label = make_engine(checkpoint, seed)
         result, trajs = evaluate_engine(
             engine, chat, environment, name=label, split=split, n=n, k=k, seed=seed,
-            max_new_tokens=max_new_tokens, max_total_tokens=max_total_tokens,
+            max_new_tokens=max_new_tokens, max_total_tokens=max_total_tokens or token_limit(environment, max_new_tokens),
         )
     finally:
         environment.shutdown()
@@ -93,6 +95,13 @@ def evaluate(
         with RunStore.create(out / "trajectories", meta=RunMeta.from_env(environment, recipe="eval")) as store:
             store.extend(trajs)
         console.print(f"wrote {path} and {out / 'trajectories'}")
+
+
+def token_limit(environment, max_new_tokens: int) -> int:
+    """A trajectory's default token cap: every image the visual budget allows, every turn at full length, and
+    512 tokens of system prompt and question, plus 256 per turn for tool results and notices."""
+    budget = environment.budget
+    return budget.max_visual_tokens + budget.max_turns * (max_new_tokens + 256) + 512
 
 
 def _label(checkpoint: str) -> str:

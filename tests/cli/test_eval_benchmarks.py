@@ -104,8 +104,7 @@ def test_hrbench_8k_averages_cycles_and_counts_k_samples(tmp_path, scripted):
         scripted[t.id] = [_answer(t.metadata["choices"][t.answer] if flag or cross_first else "E")]
 
     out = tmp_path / "eval"
-    result, output = run("eval", "tiny", "--env", "hrbench", "--set", "version=8k", "--k", "2",
-                         "--max-total-tokens", "4096", "--out", str(out))
+    result, output = run("eval", "tiny", "--env", "hrbench", "--set", "version=8k", "--k", "2", "--out", str(out))
     assert result.exit_code == 0, result.output
     # per cycle: cycle_1 2/3 right, cycles 2-4 1/3 -> (2/3 + 3 x 1/3) / 4 = 5/12; single 1/2; cross (1 + 0 x 3) / 4
     assert _table_rows(result.output, "single") == [["single", "8", "16", "50.0%", "50.0%"]]
@@ -116,6 +115,11 @@ def test_hrbench_8k_averages_cycles_and_counts_k_samples(tmp_path, scripted):
     assert saved["sample_accuracy"] == pytest.approx(5 / 12)  # equal cycles: the plain mean agrees
     assert saved["tool_use"]["with_call"] == 0.0 and saved["metrics"] == {}
     assert "zoom" not in output.split("answered")[0]  # HR-Bench declares no zoom columns
+
+
+def test_the_default_token_cap_fits_the_visual_budget():
+    env = VStarEnv(allow_tools=False)  # 5 turns, 5 x 1,024 visual tokens
+    assert eval_cli.token_limit(env, max_new_tokens=96) == 5 * 1024 + 5 * (96 + 256) + 512
 
 
 def test_set_errors_name_the_key_before_any_model_loads(monkeypatch):
