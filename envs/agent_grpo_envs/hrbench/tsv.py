@@ -97,7 +97,10 @@ class TsvRows(Sequence[dict[str, str]]):
             raise DatasetError(f"{self.path}, {where}: not UTF-8 text ({e})") from e
 
     def _row(self, number: int, record: bytes) -> dict[str, str]:
-        cells = _parse_record(self._decode(record, number))
+        if b'"' in record:
+            cells = _parse_record(self._decode(record, number))
+        else:  # no quoting: the csv module's reading is a split on tabs, and ~10x faster on megabyte cells
+            cells = [self._decode(cell, number) for cell in record.rstrip(b"\r\n").split(b"\t")]
         if len(cells) != len(self.columns):
             raise DatasetError(f"{self.path}, row {number}: {len(cells)} fields where the header has "
                                f"{len(self.columns)}; the file is malformed (a tab or quote out of place?)")
