@@ -53,7 +53,7 @@ def main() -> None:
             env = HRBenchEnv(tsv=path, allow_tools=False)
             opens.append(time.perf_counter() - t)
             t = time.perf_counter()
-            env.load_tasks()[0].images[0].pil
+            assert env.load_tasks()[0].images[0].pil.size == (3840, 2160)
             firsts.append(time.perf_counter() - t)
             t = time.perf_counter()
             env._rows.raw(args.rows * 3 // 4)
