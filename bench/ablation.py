@@ -86,6 +86,11 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
+def _metric(result: dict, name: str) -> float:
+    """An environment column of a results.json row (under "metrics"; at the top level in older runs)."""
+    return result.get("metrics", {}).get(name, result.get(name)) or 0.0
+
+
 def summarize(out: Path, seeds: list[int]) -> dict:
     rows, data = [], {}
     for variant in VARIANTS:
@@ -101,9 +106,9 @@ def summarize(out: Path, seeds: list[int]) -> dict:
         grpo = [r["after GRPO"]["accuracy"] for _, r in per_seed]
         gain = [r["after GRPO"]["accuracy"] - r["after SFT"]["accuracy"] for _, r in per_seed if "after SFT" in r]
         calls = [r["after GRPO"]["calls_per_traj"] for _, r in per_seed]
-        needless = [r["after GRPO"].get("needless_zooms") or 0.0 for _, r in per_seed]
-        iou = [r["after GRPO"].get("zoom_cell_iou") or 0.0 for _, r in per_seed]
-        sft_needless = [r["after SFT"].get("needless_zooms") or 0.0 for _, r in per_seed if "after SFT" in r]
+        needless = [_metric(r["after GRPO"], "needless_zooms") for _, r in per_seed]
+        iou = [_metric(r["after GRPO"], "zoom_cell_iou") for _, r in per_seed]
+        sft_needless = [_metric(r["after SFT"], "needless_zooms") for _, r in per_seed if "after SFT" in r]
         n_tasks = per_seed[0][1]["after GRPO"]["tasks"]
         data[variant] = {"seeds": [s for s, _ in per_seed], "sft_accuracy": sft, "grpo_accuracy": grpo, "gain": gain,
                          "calls": calls, "needless": needless, "sft_needless": sft_needless, "zoom_iou": iou,

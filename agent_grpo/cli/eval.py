@@ -1,4 +1,11 @@
-"""`agent-grpo eval CHECKPOINT`: evaluate any checkpoint on an environment split."""
+"""`agent-grpo eval CHECKPOINT`: evaluate any checkpoint on an environment split, as a benchmark harness.
+
+    agent-grpo eval RUN/checkpoints/step_000080/model --env vstar --set root=/data/vstar_bench --k 4 --out runs/eval
+
+Prints the results table (Avg@k with a 95% interval, pass@k, tool use, the environment's own columns) and
+the per-category table; `--out` gets results.md, results.json and the trajectories. The prompt and the
+answer scoring are the environment's (docs/evaluation.md states them for V*-Bench and HR-Bench).
+"""
 
 from __future__ import annotations
 
@@ -9,25 +16,43 @@ import typer
 from agent_grpo.cli._console import make_console
 
 
+def make_engine(checkpoint: str, seed: int):
+    """(engine, chat format, label) for a local checkpoint or 'tiny': the one place an engine is chosen."""
+    from agent_grpo.models.chat import ChatFormat
+    from agent_grpo.rollout import HFEngine
+    from agent_grpo.train.config import ModelConfig
+    from agent_grpo.train.policy import build_policy
+
+    model, processor = build_policy(ModelConfig(path=checkpoint), seed=seed)
+    chat = ChatFormat(processor)
+    return HFEngine(model.eval(), chat), chat, _label(checkpoint)
+
+
 def evaluate(
     checkpoint: str = typer.Argument(..., help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'"),
     env: str = typer.Option(None, help="installed environment (default: env.name of a training config)"),
+    set_: list[str] = typer.Option([], "--set", help="environment option key=value (repeatable), e.g. root=/data/vstar"),
     split: str = typer.Option("test", help="task split"),
-    n: int = typer.Option(200, "--n", min=1, help="tasks"),
+    n: int = typer.Option(200, "--n", min=1, help="tasks (the first n of the split)"),
     k: int = typer.Option(1, "--k", min=1, help="samples per task: 1 = greedy, >1 = Avg@k with temperature 1"),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="tokens per model turn"),
+    max_total_tokens: int = typer.Option(
+        None, "--max-total-tokens", min=16,
+        help="tokens per trajectory, images included (default: room for the environment's visual budget and every turn)"),
     no_tools: bool = typer.Option(False, "--no-tools", help="offer no tools (ablation)"),
     out: Path = typer.Option(None, "--out", help="folder for results.md / results.json and the trajectories"),
     seed: int = typer.Option(0, help="task and sampling seed"),
 ) -> None:
-    """Avg@k, accuracy with a 95% interval, tool calls per trajectory, zoom precision, terminations."""
+    """Avg@k, pass@k, accuracy per category, tool use and the environment's own columns."""
     import torch
+    from pydantic import ValidationError
 
     from agent_grpo.cli._config import check_out_dir, checkpoint_folder
-    from agent_grpo.envs.registry import make_env
-    from agent_grpo.evaluate import evaluate_policy, results_table, write_results
-    from agent_grpo.models.chat import ChatFormat
-    from agent_grpo.train.config import EnvConfig, ModelConfig
-    from agent_grpo.train.policy import build_policy
+    from agent_grpo.cli._env_options import parse_env_options
+    from agent_grpo.envs.registry import load_envs, make_env
+    from agent_grpo.errors import ConfigError
+    from agent_grpo.evaluate import category_table, evaluate_engine, results_table, write_results
+    from agent_grpo.train.config import EnvConfig
 
     torch.set_num_threads(1)
     console = make_console()
@@ -40,19 +65,29 @@ def evaluate(
         checkpoint = str(folder)
     if out is not None:
         check_out_dir(out, "--out")
-    environment = make_env(env, allow_tools=not no_tools)
+    envs = load_envs()
+    options = parse_env_options(env, envs[env].factory, set_) if env in envs else {}
+    try:
+        environment = make_env(env, allow_tools=not no_tools, **options)  # an uninstalled name: PluginError
+    except (TypeError, ValidationError) as e:
+        raise ConfigError(f"--set: {env} refused its options: {e}") from e
     try:
         if split not in environment.splits:
             raise typer.BadParameter(f"{env} has no split {split!r}; its splits: {', '.join(environment.splits)}",
                                      param_hint="--split")
-        model, processor = build_policy(ModelConfig(path=checkpoint), seed=seed)
-        result, trajs = evaluate_policy(
-            model, ChatFormat(processor), environment, name=_label(checkpoint), split=split, n=n, k=k, seed=seed
+        engine, chat, label = make_engine(checkpoint, seed)
+        result, trajs = evaluate_engine(
+            engine, chat, environment, name=label, split=split, n=n, k=k, seed=seed,
+            max_new_tokens=max_new_tokens, max_total_tokens=max_total_tokens or token_limit(environment, max_new_tokens),
         )
     finally:
         environment.shutdown()
     console.print(results_table([result]), markup=False)
-    console.print(f"terminations: {result.terminations}")
+    if table := category_table(result):
+        console.print("\n" + table, markup=False)
+    console.print(f"\nterminations: {result.terminations}", markup=False)
+    if result.protocol:
+        console.print(f"protocol: {result.protocol}", markup=False)
     if out is not None:
         from agent_grpo.store import RunMeta, RunStore
 
@@ -60,6 +95,13 @@ def evaluate(
         with RunStore.create(out / "trajectories", meta=RunMeta.from_env(environment, recipe="eval")) as store:
             store.extend(trajs)
         console.print(f"wrote {path} and {out / 'trajectories'}")
+
+
+def token_limit(environment, max_new_tokens: int) -> int:
+    """A trajectory's default token cap: every image the visual budget allows, every turn at full length, and
+    512 tokens of system prompt and question, plus 256 per turn for tool results and notices."""
+    budget = environment.budget
+    return budget.max_visual_tokens + budget.max_turns * (max_new_tokens + 256) + 512
 
 
 def _label(checkpoint: str) -> str:

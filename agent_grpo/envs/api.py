@@ -48,6 +48,29 @@ LAST_TURN_NOTICE = "This is your last turn: answer now inside <answer></answer>.
 BUDGET_NOTICE = "Visual budget exhausted: no more images can be shown. Answer now inside <answer></answer>."
 
 
+@dataclass(frozen=True)
+class EvalColumn:
+    """One extra column of `agent-grpo eval`'s results: the mean of a trajectory metric the rubric logs."""
+
+    metric: str  # key of `Trajectory.metrics`
+    label: str  # the table's header
+    tool_users_only: bool = False  # mean over trajectories with a tool call (a zoom's IoU), else over all
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How `agent-grpo eval` reports an environment (`Environment.eval_protocol`).
+
+    `category_key` names the `task.metadata` field holding a task's category (the per-category table);
+    with `average_over`, the headline and per-category accuracies are the mean, over the groups of that
+    metadata field, of each group's accuracy (HR-Bench averages its option-rotation cycles this way)."""
+
+    columns: tuple[EvalColumn, ...] = ()
+    category_key: str = "category"
+    average_over: str | None = None
+    description: str = ""  # the prompt and the scoring, in words (stored with the results)
+
+
 @dataclass
 class Episode:
     """The mutable state of one trajectory while it runs."""
@@ -140,6 +163,11 @@ class Environment:
             view = self.budget.view(img.pil, "task")
             pictures += [(f"image{i}_original", img.pil), (f"image{i}_model_view", view)]
         return pictures
+
+    def eval_protocol(self) -> EvalProtocol:
+        """How evaluation reports this environment: extra metric columns, the category field, the
+        averaging. Default: no extra columns, categories from `task.metadata["category"]` if present."""
+        return EvalProtocol()
 
     def on_start(self, episode: Episode) -> None:
         """Called once a trajectory's prompt is built."""

@@ -170,9 +170,12 @@ class Pipeline:
         out = []
         grpo = self.cfg.out_dir / "grpo" / "metrics.jsonl"
         if grpo.exists():
+            env = make_env(self.cfg.grpo.env.name, **self.cfg.env_options)
+            env.shutdown()
+            own = [(c.metric, c.label) for c in env.eval_protocol().columns]  # the environment's own curves
             panels = [("reward", "mean reward"), ("reward/accuracy", "accuracy (train rollouts)"),
-                      ("tool_calls_per_traj", "zoom calls / trajectory"), ("zoom_cell_iou", "zoom IoU with target cell"),
-                      ("needless_zooms", "needless zooms / trajectory"), ("entropy", "policy entropy (sampled tokens)")]
+                      ("tool_calls_per_traj", "tool calls / trajectory"), *own,
+                      ("entropy", "policy entropy (sampled tokens)")]
             out.append(plot_curves({"GRPO": grpo}, panels, self.cfg.out_dir / "curves_grpo.png",
                                    title=f"GRPO on {self.cfg.grpo.env.name} (train rollouts)"))
         sft = self.cfg.out_dir / "sft" / "metrics.jsonl"

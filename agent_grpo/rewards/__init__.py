@@ -4,7 +4,6 @@ from agent_grpo.rewards.accuracy import (
     COMPARATORS,
     accuracy,
     box_iou,
-    choice_letter,
     exact_match,
     math_equivalent,
     normalize_answer,
@@ -12,6 +11,7 @@ from agent_grpo.rewards.accuracy import (
     parse_box,
     parse_number,
 )
+from agent_grpo.rewards.choice import choice_letter, extract_choice
 from agent_grpo.rewards.format import format_reward, strict_format_reward
 from agent_grpo.rewards.hacking import (
     HACKING_METRICS,
@@ -46,6 +46,7 @@ __all__ = [
     "default_rubric",
     "empty_answer",
     "exact_match",
+    "extract_choice",
     "failed_call_penalty",
     "fewest_calls_bonus",
     "format_reward",

@@ -18,14 +18,14 @@ import inspect
 import logging
 import math
 import re
-import string
 import threading
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from agent_grpo.boxes import Box
 from agent_grpo.rewards._math import MathWorker, equivalent_in_process
+from agent_grpo.rewards._text import normalize_answer
+from agent_grpo.rewards.choice import choice_letter
 from agent_grpo.rewards.rubric import RewardFn, reward
 from agent_grpo.trajectory import Trajectory
 
@@ -34,31 +34,6 @@ logger = logging.getLogger(__name__)
 Kind = Literal["exact", "choice", "numeric", "math", "iou"]
 
 # ---- exact match -----------------------------------------------------------------------------
-
-_ARTICLES = frozenset({"a", "an", "the"})
-_NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_APOSTROPHES = re.compile(r"['’`]")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_PUNCT = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")  # every punctuation mark except a decimal point
-
-
-def normalize_answer(text: str, number_words: bool = True) -> str:
-    """Lower-case; drop apostrophes, punctuation (not decimal points), articles; collapse spaces.
-
-    `1,234` becomes `1234`; with `number_words`, `zero`..`twenty` become digits ("seven" == "7").
-    """
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = _THOUSANDS.sub("", _APOSTROPHES.sub("", text))
-    words = [w for w in _PUNCT.sub(" ", text).split() if w not in _ARTICLES]
-    if number_words:
-        words = [_NUMBER_WORDS.get(w, w) for w in words]
-    return " ".join(words)
 
 
 def exact_match(prediction: str | None, reference: Any, *, number_words: bool = True) -> float:
@@ -89,79 +64,7 @@ def _format_number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-# ---- multiple choice ---------------------------------------------------------------------------
-
-_BARE_LETTER = re.compile(r"[(\[]?([A-Za-z])[)\]]?[.:)]?")
-_LABELLED = re.compile(r"[(\[]?([A-Z])(?:[)\]][.:]?|[.:])\s+\S")
-_OPTION_LABEL = re.compile(r"^\s*[(\[]?([A-Za-z])(?:[)\]][.:]?|[.:])\s+")
-_ANSWER_IS = re.compile(
-    r"(?i:answer|option|choice)(?:\s+(?i:is|would be|should be))?\s*[:\-]?\s*"
-    r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])(?![A-Za-z])|([a-z])(?=\s*[.!]?\s*$))"
-)
-_LONE_CAPITAL = re.compile(r"\b([A-Z])\b")
-
-
-def choice_letter(
-    prediction: str | None, reference: str, *, choices: Sequence[str] | Mapping[str, str] | None = None
-) -> float:
-    """1.0 if the prediction picks the reference option of a multiple-choice question.
-
-    The reference is a letter ("B", "(B)"). The prediction may be "B", "(B)", "B.", "b", "B) the red
-    car", "The answer is B", or, when `choices` are given (option texts in order A, B, ..., or a
-    letter -> text mapping), the option text itself ("the red car", compared after
-    `normalize_answer`). Failing those, a single capital option letter standing alone in the text is
-    taken ("I think C"); two different ones ("A car, so B") are ambiguous and score 0.
-    """
-    options = _options(choices)
-    letters = "".join(options) if options else string.ascii_uppercase
-    ref = reference.strip() if isinstance(reference, str) else None
-    ref_letter = _extract_letter(ref, letters, options) if ref else None
-    if ref_letter is None:
-        raise ValueError(f"a multiple-choice reference must be an option letter among {letters!r}, got {reference!r}")
-    if not isinstance(prediction, str):
-        return 0.0
-    return float(_extract_letter(prediction, letters, options) == ref_letter)
-
-
-def _options(choices: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
-    if choices is None:
-        return {}
-    if isinstance(choices, Mapping):
-        items = [(str(k).strip().strip("()[].").upper(), str(v)) for k, v in choices.items()]
-    elif isinstance(choices, Sequence) and not isinstance(choices, str):
-        items = list(zip(string.ascii_uppercase, (str(c) for c in choices), strict=False))
-    else:
-        raise ValueError(f"choices must be a list of option texts or a letter -> text mapping, got {choices!r}")
-    out = {}
-    for letter, text in items:
-        label = _OPTION_LABEL.match(text)  # "B. the red car" listed as an option: compare the text only
-        out[letter] = text[label.end():] if label and label.group(1).upper() == letter else text
-    return out
-
-
-def _extract_letter(text: str, letters: str, options: Mapping[str, str]) -> str | None:
-    s = text.strip().strip("*_`'\" ")
-    found: str | None = None
-    if m := _BARE_LETTER.fullmatch(s):
-        found = m.group(1).upper()
-    elif m := _LABELLED.match(s):
-        found = m.group(1)
-    elif options and (by_text := _letter_by_text(s, options)):
-        found = by_text
-    elif hits := list(_ANSWER_IS.finditer(s)):
-        last = hits[-1]
-        found = next(g for g in last.groups() if g).upper()
-    else:
-        lone = {c for c in _LONE_CAPITAL.findall(s) if c in letters}
-        found = lone.pop() if len(lone) == 1 else None
-    return found if found is not None and found in letters else None
-
-
-def _letter_by_text(text: str, options: Mapping[str, str]) -> str | None:
-    pred = normalize_answer(text)
-    hits = [letter for letter, option in options.items() if pred and normalize_answer(option) == pred]
-    return hits[0] if len(hits) == 1 else None
-
+# ---- multiple choice: `choice_letter` lives in agent_grpo.rewards.choice ---------------------------
 
 # ---- numbers -----------------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ def test_evaluation_engine_cache_is_bounded_by_the_memory_config(tiny, zoom_env,
             super().__init__(*args, **kwargs)
             engines.append(self)
 
-    monkeypatch.setattr(evaluate, "HFEngine", Recording)
+    monkeypatch.setattr("agent_grpo.rollout.HFEngine", Recording)  # evaluate_policy imports it when called
     view = VisionCache(chat, zoom_env.budget).view(zoom_env.load_tasks(n=1)[0].images[0])  # what the engine sees
     one = chat.image_inputs([view])["pixel_values"].nbytes
     evaluate.evaluate_policy(model, chat, zoom_env, n=3, max_new_tokens=4, image_cache_mb=1.5 * one / 2**20)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from agent_grpo.budget import VisualBudget
 from agent_grpo.content import ImagePart
-from agent_grpo.envs.api import Environment
+from agent_grpo.envs.api import Environment, EvalColumn, EvalProtocol
 from agent_grpo.rewards import Rubric
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S
@@ -79,6 +79,12 @@ class VisualSearchEnv(Environment):
 
     def default_rubric(self) -> Rubric:
         return search_rubric("exact", tool_bonus=self.config.tool_bonus, tool_cost=self.config.tool_cost)
+
+    def eval_protocol(self) -> EvalProtocol:
+        return EvalProtocol(columns=(
+            EvalColumn("needless_zooms", "needless zooms / traj"),
+            EvalColumn("zoom_cell_iou", "zoom IoU (cell)", tool_users_only=True),
+        ))
 
     def load_tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> GeneratedTasks:
         """A lazy, read-only list of `n` tasks (default: `config.train_size` / `test_size`)."""

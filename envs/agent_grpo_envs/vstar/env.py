@@ -25,7 +25,7 @@ from typing import Any
 
 from agent_grpo.boxes import Box
 from agent_grpo.budget import VisualBudget
-from agent_grpo.envs.api import Environment
+from agent_grpo.envs.api import Environment, EvalColumn, EvalProtocol
 from agent_grpo.rewards import Rubric
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S
@@ -43,6 +43,11 @@ from agent_grpo_envs._common import (
 )
 
 SAMPLES = Path(__file__).parent / "samples"
+PROTOCOL = (
+    "V*-Bench: the question's own text (options '(A) ...' and 'Answer with the option's letter from the given "
+    "choices directly.'), the final answer inside <answer></answer>; the letter is extracted with VLMEvalKit's "
+    "rules (agent_grpo.rewards.choice); accuracy per category and over all questions (vstar_bench_eval.py)"
+)
 QUESTIONS_FILE = "test_questions.jsonl"
 _OPTION = re.compile(r"^\s*\(([A-Z])\)\s*(.+?)\s*$", re.MULTILINE)
 
@@ -86,6 +91,12 @@ class VStarEnv(Environment):
 
     def default_rubric(self) -> Rubric:
         return search_rubric("choice", tool_bonus=self.tool_bonus, tool_cost=0.0)
+
+    def eval_protocol(self) -> EvalProtocol:
+        return EvalProtocol(description=PROTOCOL, columns=(
+            EvalColumn("zoom_target_coverage", "zoom covers target", tool_users_only=True),
+            EvalColumn("zoom_precision", "zoom IoU (target)", tool_users_only=True),
+        ))
 
     def load_tasks(self, split: str = "test", n: int | None = None, seed: int = 0) -> GeneratedTasks:
         """The questions in file order (the first `n`); images are decoded when a task is indexed."""
