@@ -17,7 +17,7 @@ PYPROJECT = Path(__file__).parents[2] / "envs" / "pyproject.toml"
 
 def test_entry_points_name_the_environment_classes():
     eps = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"]["agent_grpo.envs"]
-    assert sorted(eps) == ["grounding", "refcoco", "visual-search", "vstar"]
+    assert sorted(eps) == ["deepeyes", "grounding", "refcoco", "visual-search", "vstar"]
     for name, value in eps.items():
         module, attr = value.split(":")
         cls = getattr(importlib.import_module(module), attr)
