@@ -3,6 +3,8 @@ and each runs as a CPU smoke test from the very same file with one override (`--
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,35 @@ def test_recipe_smoke_runs_on_cpu(name, tmp_path, monkeypatch):
     assert all(set(t.rewards) == ({"accuracy", "format"} if name.startswith("vlmr1") else
                                   {"accuracy", "format", "tool_bonus"}) for t in train)
     assert (out / "checkpoints" / "step_000001").is_dir()
+
+
+TUTORIAL = Path(__file__).parents[1] / "docs" / "tutorial_custom_dataset.md"
+_FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.slow
+def test_tutorial_runs_as_written(tmp_path, monkeypatch):
+    """docs/tutorial_custom_dataset.md, in an empty folder: its python blocks run in order, each yaml block is
+    written to the file its first line's command names, each `agent-grpo ...` line of a bash block runs."""
+    monkeypatch.chdir(tmp_path)
+    blocks = _FENCE.findall(TUTORIAL.read_text())
+    assert [lang for lang, _ in blocks] == ["python", "python", "yaml", "bash"]
+    namespace: dict = {}
+    for lang, code in blocks:
+        if lang == "python":
+            exec(compile(code, str(TUTORIAL), "exec"), namespace)  # noqa: S102 - the tutorial's own code
+        elif lang == "yaml":
+            command = code.splitlines()[0]
+            assert command.startswith("# agent-grpo train ")
+            Path(command.split()[-1]).write_text(code)
+        else:
+            for line in code.splitlines():
+                args = shlex.split(line)
+                assert args[0] == "agent-grpo", line
+                result = CliRunner().invoke(app, args[1:], env={"COLUMNS": "200"})
+                assert result.exit_code == 0, f"{line}\n{result.output}"
+    rows = read_metrics(tmp_path / "runs" / "my_cards_smoke" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "reward" in r] == [1]
+    stored = list(RunStore.open(tmp_path / "runs" / "my_cards_smoke" / "trajectories").iter())
+    assert {t.task.answer for t in stored if t.task.split == "train"} <= {str(d) for d in range(6)}
+    assert (tmp_path / "my_cards_smoke.html").stat().st_size > 1000
