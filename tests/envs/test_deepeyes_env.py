@@ -196,3 +196,23 @@ def test_reward_option(tmp_path):
     with pytest.raises(ValueError):
         DeepEyesEnv(reward="fuzzy", allow_tools=False)
     assert DeepEyesEnv(tool_bonus=0.0, allow_tools=False).rubric.weights["tool_bonus"] == 0.0
+
+
+@pytest.mark.slow
+def test_training_on_a_corrupt_row_stops_with_the_message_not_a_traceback(tmp_path):
+    """In a run, the bad row's task is built before its rollouts: `agent-grpo train` ends with file, row and fix."""
+    from typer.testing import CliRunner
+
+    from agent_grpo.cli.main import app
+
+    data = tmp_path / "bad.parquet"
+    write(data, [_row(0), _row(1, image=b"GIF89a broken")])
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"out_dir: {tmp_path / 'run'}\nsteps: 1\nenv: {{name: deepeyes, num_eval_tasks: 1, options: {{data: {{train: {data}, "
+        f"test: {data}}}}}}}\nrollout: {{tasks_per_step: 2, group_size: 2, max_total_tokens: 1024, "
+        "sampling: {max_new_tokens: 8}}\ntensorboard: false\n"
+    )
+    result = CliRunner().invoke(app, ["train", str(config)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert f"error: {data}, row 1, image 0" in result.output.replace("\n", "") and "Traceback" not in result.output
