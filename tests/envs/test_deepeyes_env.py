@@ -216,3 +216,15 @@ def test_training_on_a_corrupt_row_stops_with_the_message_not_a_traceback(tmp_pa
     result = CliRunner().invoke(app, ["train", str(config)], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
     assert f"error: {data}, row 1, image 0" in result.output.replace("\n", "") and "Traceback" not in result.output
+
+
+def test_task_images_are_lazy_and_read_again_from_the_parquet(env):
+    from agent_grpo import pixels
+    from agent_grpo.images import image_sha256
+
+    tasks = env.load_tasks("test")
+    part = tasks[2].images[0]
+    assert part.is_lazy and part._pil is None
+    pixels.DECODED.clear()
+    before = tasks.rows.rows_read
+    assert image_sha256(part.pil) == part.sha256 and tasks.rows.rows_read == before  # its row group is still held

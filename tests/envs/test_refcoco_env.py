@@ -148,3 +148,13 @@ def test_missing_split_and_unknown_split(tmp_path):
         RefCocoEnv(data={"dev": tmp_path / "x.json"})
     with pytest.raises(DatasetError, match="not found"):
         RefCocoEnv(data={"train": tmp_path / "x.json"}).load_tasks("train")
+
+
+def test_task_images_are_lazy_and_read_again_from_disk(env):
+    from agent_grpo import pixels
+    from agent_grpo.images import image_sha256
+
+    part = env.load_tasks("train")[1].images[0]
+    assert part.is_lazy
+    pixels.DECODED.clear()
+    assert image_sha256(part.pil) == part.sha256
