@@ -228,3 +228,20 @@ def test_task_images_are_lazy_and_read_again_from_the_parquet(env):
     pixels.DECODED.clear()
     before = tasks.rows.rows_read
     assert image_sha256(part.pil) == part.sha256 and tasks.rows.rows_read == before  # its row group is still held
+
+
+def test_math_rows_are_compared_as_math(tmp_path):
+    path = tmp_path / "math.parquet"
+    rows = [_row(0, data_source="thinklite_eureka", reward_model={"ground_truth": "\\frac{1}{2}", "style": "rule"}),
+            _row(1, data_source="vstar", reward_model={"ground_truth": "0.5", "style": "model"})]
+    write(path, rows)
+    e = DeepEyesEnv(data={"train": path}, allow_tools=False)
+    math_row, plain_row = e.load_tasks("train")
+    trajs = [play(e, math_row, [answer("0.5")]), play(e, plain_row, [answer("1/2")]), play(e, plain_row, [answer("0.5")])]
+    for t in trajs:
+        e.score_group([t])
+    assert [t.rewards["accuracy"] for t in trajs] == [1.0, 0.0, 1.0]
+    only_exact = DeepEyesEnv(data={"train": path}, math_sources=[], allow_tools=False)
+    t = play(only_exact, only_exact.load_tasks("train")[0], [answer("0.5")])
+    only_exact.score_group([t])
+    assert t.rewards["accuracy"] == 0.0

@@ -32,11 +32,15 @@ Options (`env.options` in a config, keyword arguments here):
     data_sources:  null | [names]             keep only rows of these data sources (e.g. [vstar] to leave out
                                               "chart", whose huge figures the verl recipe warns run out of memory);
                                               filtering reads the `data_source` column once
-    reward:        match | judge              accuracy by normalised exact match (default) or by an LLM judge
-                                              (`judge` options go to the judge reward; see `judge_accuracy`)
+    reward:        match | judge              accuracy by match (default) or by an LLM judge (`judge` options go
+                                              to the judge reward; see `judge_accuracy`). match: normalised exact
+                                              match, and for rows of `math_sources` symbolic equivalence
+                                              (math_verify; "\\frac{1}{2}" == "0.5"), as DeepEyes' rule check
+    math_sources:  [thinklite_eureka, xince]  data sources whose answers are compared as math under `match`
     judge:         {...}                      options of the judge reward (endpoint, model, ...)
     tool_bonus:    1.2                        DeepEyes' conditional tool bonus: paid when the answer is right AND a
                                               tool call succeeded (without it the model stops calling tools)
+    verify_images: false                      true: decode every image when the split is loaded (see below)
 
 Rubric: 0.8 x accuracy + 0.2 x format + tool_bonus x [correct and a tool call succeeded] (DeepEyes' vstar
 and chart reward). Departures: format is the per-turn fraction, not DeepEyes' 0/-1 penalty; all rows share
@@ -67,14 +71,16 @@ from agent_grpo.rewards import (
     HACKING_METRICS,
     RewardFn,
     Rubric,
-    accuracy,
     conditional_tool_bonus,
+    exact_match,
     format_reward,
+    math_equivalent,
+    reward,
     zoom_precision,
 )
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S
-from agent_grpo.trajectory import Task
+from agent_grpo.trajectory import Task, Trajectory
 from agent_grpo_envs._common import DatasetError, GeneratedTasks, compose_panel, parse_split
 
 if TYPE_CHECKING:
@@ -98,6 +104,25 @@ class DeepEyesConfig(BaseModel):
     judge: dict[str, Any] = Field(default_factory=dict)
     tool_bonus: float = Field(default=1.2, ge=0)
     verify_images: bool = False
+    math_sources: list[str] = Field(default_factory=lambda: ["thinklite_eureka", "xince"])
+
+
+def match_accuracy(math_sources: list[str]) -> RewardFn:
+    """Accuracy (weight 0.8) by normalised exact match; rows whose data_source is in `math_sources` by math
+    equivalence (`math_equivalent`), which also accepts an answer matching exactly."""
+    math_kinds = frozenset(math_sources)
+
+    @reward("accuracy", weight=0.8)
+    def match(traj: Trajectory) -> float:
+        try:
+            exact = exact_match(traj.answer, traj.task.answer)
+            if exact or traj.task.metadata.get("data_source") not in math_kinds:
+                return exact
+            return math_equivalent(traj.answer, traj.task.answer)
+        except ValueError as e:
+            raise ValueError(f"task {traj.task.id!r}: {e}") from e
+
+    return match
 
 
 def judge_accuracy(options: dict[str, Any]) -> RewardFn:
@@ -131,6 +156,7 @@ class DeepEyesEnv(Environment):
         judge: dict[str, Any] | None = None,
         tool_bonus: float = 1.2,
         verify_images: bool = False,
+        math_sources: list[str] | None = None,
         *,
         budget: VisualBudget | None = None,
         tools: ToolRegistry | None = None,
@@ -140,6 +166,8 @@ class DeepEyesEnv(Environment):
     ):
         options: dict[str, Any] = {"image_root": image_root, "data_sources": data_sources, "reward": reward,
                                    "judge": judge or {}, "tool_bonus": tool_bonus, "verify_images": verify_images}
+        if math_sources is not None:
+            options["math_sources"] = math_sources
         if data is not None:
             options["data"] = data
         self.config = DeepEyesConfig.model_validate(options)
@@ -155,7 +183,10 @@ class DeepEyesEnv(Environment):
         return VisualBudget(max_turns=6, max_images=6, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=6 * 1024)
 
     def default_rubric(self) -> Rubric:
-        acc = judge_accuracy(self.config.judge) if self.config.reward == "judge" else accuracy("exact", weight=0.8)
+        if self.config.reward == "judge":
+            acc = judge_accuracy(self.config.judge)
+        else:
+            acc = match_accuracy(self.config.math_sources)
         return Rubric(
             [acc, format_reward.with_weight(0.2), conditional_tool_bonus(weight=self.config.tool_bonus)],
             metrics=[*HACKING_METRICS, zoom_precision],
