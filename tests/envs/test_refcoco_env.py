@@ -126,11 +126,23 @@ def test_one_pixel_rounding_overrun_is_clipped_silently(tmp_path):
     ({"image": "img/a.jpg", "normal_caption": "x", "solution": "<answer>none</answer>"}, "is not a box"),
     ({"image": "img/a.jpg", "normal_caption": "x", "solution": [5, 5, 5, 9]}, "empty box"),
     ({"image": "img/a.jpg", "normal_caption": "x"}, r"missing field\(s\) \['solution'\]"),
+    ({"image": "../img/a.jpg", "normal_caption": "x", "solution": [1, 2, 3, 4]}, "without '..'"),
+    ({"image": "img/b.jpg", "normal_caption": "x", "solution": [1, 2, 3, 4]}, "does not exist; check env.options.image_root"),
 ])
 def test_bad_rows_name_file_and_row(tmp_path, row, problem):
     path = _files(tmp_path, [ROW, row])
     with pytest.raises(DatasetError, match=rf"rows.json, row 1: .*{problem}"):
         RefCocoEnv(data={"train": path}).load_tasks("train")
+
+
+def test_a_symlink_out_of_the_image_root_is_refused_when_indexed(tmp_path):
+    outside = tmp_path / "outside.jpg"
+    Image.new("RGB", (8, 8)).save(outside)
+    path = _files(tmp_path, [dict(ROW, image="link.jpg", solution=[0, 0, 4, 4])])
+    (tmp_path / "img" / "link.jpg").symlink_to(outside)
+    tasks = RefCocoEnv(data={"train": path}, image_root=tmp_path / "img").load_tasks("train")
+    with pytest.raises(DatasetError, match=r"rows.json, row 0: .*outside"):
+        tasks[0]
 
 
 def test_corrupt_image_is_a_clear_error_when_indexed(tmp_path):
