@@ -245,3 +245,19 @@ def test_math_rows_are_compared_as_math(tmp_path):
     t = play(only_exact, only_exact.load_tasks("train")[0], [answer("0.5")])
     only_exact.score_group([t])
     assert t.rewards["accuracy"] == 0.0
+
+
+def test_regroup_keeps_rows_and_makes_small_groups(tmp_path):
+    from agent_grpo_envs.deepeyes.regroup import regroup
+
+    big = tmp_path / "big.parquet"
+    write(big, [_row(i) for i in range(10)], row_group_size=10)
+    small = tmp_path / "small.parquet"
+    assert regroup(big, small, rows=4) == 10
+    meta = pq.ParquetFile(small).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [4, 4, 2]
+    assert pq.read_table(small).equals(pq.read_table(big))
+    tasks = DeepEyesEnv(data={"train": small}, allow_tools=False).load_tasks("train")
+    assert tasks[9].answer == "answer 9" and tasks.rows.rows_read == 2
+    with pytest.raises(ValueError, match="is the input file"):
+        regroup(small, small)

@@ -21,7 +21,8 @@ string, else the last user message of `prompt` without its `<image>` markers. (D
 describes their `image_zoom_in_tool`; here the model is given the `zoom_in` tool, with the same
 arguments `bbox_2d` in original-image pixels and `label`, through the chat template's tool list.)
 
-Lazy: opening reads the parquet footers only; a row group is read when one of its rows is indexed, and
+Lazy: opening reads the parquet footers only; a row group is read when one of its rows is indexed (rewrite
+files with large groups once: `python -m agent_grpo_envs.deepeyes.regroup IN OUT`, 64 rows a group), and
 images are decoded with the project's safe loader (EXIF, size limits) when a task is indexed, kept as
 re-readable parts (`ImagePart.from_source`). A 50k-row file opens in constant memory.
 

@@ -2,8 +2,10 @@
 
 Opening reads only the files' footers (schema, row counts per row group), so a 50k-row file with its
 images inline opens in milliseconds and constant memory. Indexing row `i` reads the row group holding
-it (the `datasets` library writes image data in groups of 100 rows), and keeps that one group for the
-next access: a sweep in file order reads each group once. `rows_read` counts the rows read so far.
+it and keeps that one group for the next access: a sweep in file order reads each group once.
+`rows_read` counts the rows read so far. Groups should be small: writers bound them by bytes (current
+`datasets`: ~100 MB uncompressed) or rows (pyarrow: up to 1M); `python -m agent_grpo_envs.deepeyes.regroup`
+rewrites a file with groups of 64 rows.
 """
 
 from __future__ import annotations
