@@ -253,11 +253,41 @@ def apply_override(data: dict, item: str) -> None:
     node[keys[-1]] = value
 
 
+def apply_preset(data: dict, overrides: list[str] = ()) -> None:
+    """Apply the preset chosen by `preset: NAME` from the config's `presets:` section, in place.
+
+    A preset is a named set of `section.key: value` settings kept in the same file, e.g. a CPU smoke test
+    of a GPU recipe (`--set preset=smoke`: the tiny model, the shipped sample rows, one step). Its settings
+    go in first, then `overrides` again, so an explicit `--set` beats the preset. Both keys are removed."""
+    presets, name = data.pop("presets", None) or {}, data.pop("preset", None)
+    if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
+        raise ConfigError("presets: must map each preset name to a mapping of section.key: value settings")
+    if name is None:
+        return
+    if name not in presets:
+        have = ", ".join(sorted(presets)) or "none"
+        raise ConfigError(f"preset: {name!r} is not defined in this config's presets (it has: {have})")
+    for dotted, value in presets[name].items():
+        keys = str(dotted).split(".")
+        node = data
+        for i, key in enumerate(keys[:-1]):
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"presets.{name}: {'.'.join(keys[: i + 1])} is a value, not a section")
+        node[keys[-1]] = value
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key != "preset" and not key.startswith("presets."):  # already applied above
+            apply_override(data, item)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), model=TrainConfig):
-    """Read YAML (optional) and apply `a.b=value` overrides (values parsed as YAML), then validate."""
+    """Read YAML (optional) and apply `a.b=value` overrides (values parsed as YAML) and the chosen
+    preset (`apply_preset`), then validate."""
     data = read_yaml_file(path) if path is not None else {}
     for item in overrides:
         apply_override(data, item)
+    apply_preset(data, overrides)
     where = f" in {path}" if path else ""
     try:
         cfg = model.model_validate(data)

@@ -53,11 +53,12 @@ class GeneratedTasks(Sequence[Task]):
     `list(tasks)` materialises it.
     """
 
-    def __init__(self, make: Callable[[int], Task], n: int):
+    def __init__(self, make: Callable[[int], Task], n: int, source: str | None = None):
         if n < 0:
             raise ValueError(f"number of tasks must be >= 0, got {n}")
         self._make = make
         self._n = n
+        self.source = source  # the file(s) the tasks come from, named when an index is out of range
 
     def __len__(self) -> int:
         return self._n
@@ -72,7 +73,8 @@ class GeneratedTasks(Sequence[Task]):
         if i < 0:
             i += self._n
         if not 0 <= i < self._n:
-            raise IndexError(f"task index {i} out of range for {self._n} tasks")
+            where = f" of {self.source}" if self.source else ""
+            raise IndexError(f"task index {i} out of range for {self._n} tasks{where}; use an index below {self._n}")
         return self._make(i)
 
     def __iter__(self) -> Iterator[Task]:

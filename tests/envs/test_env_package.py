@@ -17,12 +17,12 @@ PYPROJECT = Path(__file__).parents[2] / "envs" / "pyproject.toml"
 
 def test_entry_points_name_the_environment_classes():
     eps = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"]["agent_grpo.envs"]
-    assert sorted(eps) == ["grounding", "hrbench", "visual-search", "vstar"]
+    assert sorted(eps) == ["deepeyes", "grounding", "hrbench", "refcoco", "visual-search", "vstar"]
     for name, value in eps.items():
         module, attr = value.split(":")
         cls = getattr(importlib.import_module(module), attr)
         assert issubclass(cls, Environment) and cls.name == name and cls.description
-        assert cls.tool_names == ("zoom_in",)
+        assert cls.tool_names == (() if name == "refcoco" else ("zoom_in",))  # refcoco: VLM-R1's single turn
 
 
 def test_default_budgets():
