@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -285,7 +284,7 @@ class ServerEngine:
             conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             status, payload = resp.status, resp.read()
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             raise _Transient(f"no answer to {path} within {timeout:g} s") from e
         except (ConnectionError, http.client.HTTPException, OSError) as e:
             raise _Transient(f"{path}: {type(e).__name__}: {e}") from e

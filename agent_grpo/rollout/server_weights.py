@@ -54,7 +54,10 @@ class NCCLSender:
     """
 
     def __init__(self, client, master_address: str, master_port: int, world_size: int):
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
+        from vllm.distributed.weight_transfer.nccl_engine import (
+            NCCLTrainerInitInfo,
+            NCCLTrainerWeightTransferEngine,
+        )
 
         self._source = _FullWeights()
         info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port, world_size=world_size)
