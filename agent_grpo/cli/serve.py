@@ -42,7 +42,8 @@ def build_service(cfg):
     try:
         import_vllm()
     except ImportError as e:
-        raise ConfigError(str(e).replace("rollout.engine: vllm needs", "serve-engine needs")) from e
+        hint = str(e).replace("rollout.engine: vllm needs", "serve-engine needs").split(". Or set rollout.engine")[0]
+        raise ConfigError(f"{hint}; the trainer itself needs no vLLM with rollout.engine: vllm-server") from e
     max_images = cfg.rollout.server.max_images
     if max_images is None:  # the environment's own limit, as the colocated engine takes it
         env = make_env(cfg.env.name, allow_tools=cfg.env.allow_tools, **cfg.env.options)

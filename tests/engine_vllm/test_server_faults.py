@@ -7,6 +7,7 @@ server dying in the middle of a training step is tests/engine_vllm/test_server_r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import time
@@ -166,3 +167,13 @@ def test_config_checks_the_server_section():
                       ("rollout.vllm.sleep_during_update=true", "the engine server has its own GPUs")]:
         with pytest.raises(ValueError, match=said):
             load_config(None, ["rollout.engine=vllm-server", bad])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_serve_engine_without_vllm_names_the_install_and_that_the_trainer_needs_none():
+    from agent_grpo.cli.serve import build_service
+    from agent_grpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"serve-engine needs vLLM.*scripts/setup_vllm.sh.*the trainer itself needs "
+                                          r"no vLLM with rollout.engine: vllm-server"):
+        build_service(load_config(None, ["rollout.server.max_images=4"]))
