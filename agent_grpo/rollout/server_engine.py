@@ -118,6 +118,7 @@ class ServerEngine:
         self._model = None
         self._encoded: OrderedDict[str, WireImage] = OrderedDict()  # PNGs by pixel hash: images repeat every turn
         self._encoded_bytes, self._encoded_max = 0, int(image_cache_mb * 2**20)
+        self.max_images = max_images
         self.info = self._wait_for_server()
         self._check(max_images)
 
@@ -200,9 +201,12 @@ class ServerEngine:
         self.version, self._model = self._nccl_version, model
 
     def _repush(self) -> None:
-        """The server lost our weights (restarted): push the last ones again."""
-        if not self.pushes:  # the pushing process sends them again; try again after retry_wait_s
-            raise _Transient("the server holds other weights; waiting for the run's pushing process")
+        """The server lost our weights (restarted): check it is still the same model, push the last weights again."""
+        if not self.pushes:
+            self._wait_for_push()
+            return
+        self.info = self._call("GET", "/info", None, ServerInfo)
+        self._check(self.max_images)
         if self._weights_file is None:
             raise EngineServerError(
                 f"the server at {self.settings.url} was restarted and holds other weights, and the nccl transport "
@@ -210,6 +214,16 @@ class ServerEngine:
             )
         version = self.version
         self._call("POST", "/sync", SyncCall(path=str(self._weights_file.resolve()), version=version), SyncReply)
+
+    def _wait_for_push(self) -> None:
+        """A process that does not push: wait (up to timeout_s) until the pushing process's weights are there."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        while time.monotonic() < deadline:
+            if self._call("GET", "/info", None, ServerInfo).weights_version == self.version:
+                return
+            time.sleep(0.5)
+        raise _Transient(f"the server still holds other weights than version {self.version} after "
+                         f"{self.settings.timeout_s:g} s (pushed by the run's main process)")
 
     # ---- generate ------------------------------------------------------------------------------
 

@@ -143,6 +143,18 @@ def test_a_server_without_the_pushed_weights_gets_them_again_before_the_call_is_
     assert fake.calls == ["/sync", "/generate", "/sync", "/generate"]
 
 
+def test_a_process_that_does_not_push_waits_for_the_pushing_process(chat, fake, tmp_path):
+    """DDP: only the main process pushes; another one, refused (409) before that push lands, waits for it."""
+    engine = ServerEngine(ServerSettings(url=fake.url, retries=0, timeout_s=10), chat, max_images=4,
+                          run_id="run", pushes=False)
+    engine.update_weights({"w": torch.ones(2)})  # the main process pushes these
+    assert engine.version == "run-1" and fake.calls == []
+    fake.script = [409]
+    threading.Timer(0.5, lambda: setattr(fake, "info", fake.info.model_copy(update={"weights_version": "run-1"}))).start()
+    assert one_call(engine)[0].token_ids == [7]
+    assert fake.calls == ["/generate", "/generate"]
+
+
 def test_no_server_at_the_url_is_a_clear_error_at_setup(chat, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(EngineServerError, match=r"no engine server answers at .*agent-grpo serve-engine CONFIG"):
