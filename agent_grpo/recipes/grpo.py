@@ -7,7 +7,8 @@
 
 The Hugging Face engine generates with the very module being trained, so weights never need syncing;
 the vLLM engine (`rollout.engine: vllm`) holds its own copy and receives the full weights (LoRA merged)
-through `VLLMEngine.sync_weights` after each optimizer step.
+through `VLLMEngine.sync_weights` after each optimizer step; with `rollout.engine: vllm-server` the same
+engine runs in `agent-grpo serve-engine` and `ServerEngine.sync_weights` pushes the weights to it.
 
 Several processes (`accelerate launch`, DDP; docs/scaling.md): every process holds the whole model,
 rolls out `tasks_per_step / num_processes` tasks with the bare (unwrapped) model and trains on them;

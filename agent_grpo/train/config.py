@@ -189,7 +189,8 @@ class TrainConfig(_Strict):
                 "raise rollout.max_total_tokens or lower rollout.sampling.max_new_tokens"
             )
         max_len = self.rollout.vllm.max_model_len
-        if self.rollout.engine in ("vllm", "vllm-server") and max_len is not None and max_len <= self.rollout.sampling.max_new_tokens:
+        uses_vllm = self.rollout.engine in ("vllm", "vllm-server")
+        if uses_vllm and max_len is not None and max_len <= self.rollout.sampling.max_new_tokens:
             raise ValueError(
                 f"rollout.vllm.max_model_len ({max_len}) must be above rollout.sampling.max_new_tokens "
                 f"({self.rollout.sampling.max_new_tokens}); raise max_model_len or leave it unset (rollout.max_total_tokens)"
