@@ -15,6 +15,7 @@ from agent_grpo.cli.demo import demo
 from agent_grpo.cli.envs import envs_app
 from agent_grpo.cli.eval import evaluate
 from agent_grpo.cli.rollouts import rollouts
+from agent_grpo.cli.serve import serve_engine
 from agent_grpo.cli.sft import sft
 from agent_grpo.cli.tools import tools_app
 from agent_grpo.cli.train import train
@@ -65,6 +66,7 @@ app.command("demo")(demo)
 app.command("rollouts")(rollouts)
 app.command("eval")(evaluate)
 app.command("sft")(sft)
+app.command("serve-engine")(serve_engine)
 
 
 def _add_optional(module: str, attr: str, name: str) -> None:

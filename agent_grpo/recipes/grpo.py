@@ -7,7 +7,8 @@
 
 The Hugging Face engine generates with the very module being trained, so weights never need syncing;
 the vLLM engine (`rollout.engine: vllm`) holds its own copy and receives the full weights (LoRA merged)
-through `VLLMEngine.sync_weights` after each optimizer step.
+through `VLLMEngine.sync_weights` after each optimizer step; with `rollout.engine: vllm-server` the same
+engine runs in `agent-grpo serve-engine` and `ServerEngine.sync_weights` pushes the weights to it.
 
 Several processes (`accelerate launch`, DDP; docs/scaling.md): every process holds the whole model,
 rolls out `tasks_per_step / num_processes` tasks with the bare (unwrapped) model and trains on them;
@@ -22,6 +23,7 @@ FSDP (`train/fsdp.py`): the trained module is sharded; each process rolls out wi
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -134,7 +136,12 @@ def check_processes(cfg: TrainConfig, accelerator: Accelerator) -> None:
 
 
 def check_engine(cfg: TrainConfig) -> None:
-    """`rollout.engine: vllm` needs vLLM importable (and sleep mode a GPU); checked before any model is loaded."""
+    """`rollout.engine: vllm` needs vLLM importable (and sleep mode a GPU); checked before any model is loaded.
+    `vllm-server` needs vLLM here only for the nccl weight transport (and CUDA)."""
+    if cfg.rollout.engine == "vllm-server":
+        if cfg.rollout.server.weight_transport == "nccl" and not torch.cuda.is_available():
+            raise ConfigError("rollout.server.weight_transport: nccl needs CUDA on the trainer; use file on CPU")
+        return
     if cfg.rollout.engine != "vllm":
         return
     from agent_grpo.rollout.vllm_engine import import_vllm
@@ -149,10 +156,20 @@ def check_engine(cfg: TrainConfig) -> None:
         )
 
 
-def build_engine(cfg: TrainConfig, policy, processor, chat: ChatFormat, max_images: int):
+def build_engine(cfg: TrainConfig, policy, processor, chat: ChatFormat, max_images: int, is_main: bool = True):
     """The rollout engine the config asks for: HF generates with `policy` itself; vLLM gets a synced copy."""
     if cfg.rollout.engine == "hf":
         return HFEngine(policy, chat, image_cache_mb=cfg.memory.engine_image_cache_mb)
+    if cfg.rollout.engine == "vllm-server":  # generation in `agent-grpo serve-engine`, weights pushed to it
+        from agent_grpo.rollout.server_engine import ServerEngine
+
+        s = cfg.rollout.server
+        # One process pushes the weights; all agree on their version (same run id, same count of pushes).
+        run_id = hashlib.blake2b(str(cfg.out_dir.resolve()).encode(), digest_size=4).hexdigest()
+        engine = ServerEngine(s, chat, max_images=max_images, weights_dir=s.weights_dir or cfg.out_dir / "engine_weights",
+                              run_id=run_id, pushes=is_main)
+        engine.sync_weights(policy)
+        return engine
     from agent_grpo.rollout.vllm_engine import VLLMEngine
 
     v = cfg.rollout.vllm
@@ -257,7 +274,7 @@ class GRPORecipe:
             self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
             self.policy = self.accelerator.unwrap_model(self.model)
         pixels.configure(cfg.memory.decoded_images_mb, cfg.memory.model_views_mb)
-        self.engine = build_engine(cfg, self.policy, self.processor, self.chat, self.env.budget.max_images)
+        self.engine = build_engine(cfg, self.policy, self.processor, self.chat, self.env.budget.max_images, self.is_main)
         rollout = RolloutConfig(
             group_size=cfg.rollout.group_size, max_total_tokens=cfg.rollout.max_total_tokens,
             sampling=cfg.rollout.sampling,
@@ -371,8 +388,8 @@ class GRPORecipe:
                 )
                 if self.fsdp:  # the next rollout samples from the new weights
                     copy_full_weights(self.model, self.policy)
-                if cfg.rollout.engine == "vllm":  # the engine holds its own copy of the weights
-                    if cfg.rollout.vllm.sleep_during_update:
+                if cfg.rollout.engine in ("vllm", "vllm-server"):  # the engine holds its own copy of the weights
+                    if cfg.rollout.engine == "vllm" and cfg.rollout.vllm.sleep_during_update:
                         self.engine.wake_up()
                     self.engine.sync_weights(self.policy)
                 t2 = time.perf_counter()
@@ -423,6 +440,8 @@ class GRPORecipe:
         return trajectory_metrics(gather_object(trajs), prefix="eval/")
 
     def cleanup(self) -> None:
+        if self.cfg.rollout.engine == "vllm-server" and getattr(self, "engine", None) is not None:
+            self.engine.close()  # removes its last weights file
         if self.store is not None:
             self.store.close()
         if self.logger is not None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent_grpo.errors import ConfigError
 from agent_grpo.rollout.engine import SamplingParams
+from agent_grpo.rollout.server_engine import ServerSettings
 
 
 class _Strict(BaseModel):
@@ -94,6 +95,13 @@ class VLLMSection(_Strict):
     seed: int = 0
 
 
+class ServerSection(ServerSettings):
+    """`rollout.server`: the generation server (`rollout.engine: vllm-server`, `agent-grpo serve-engine`);
+    each field is documented in `rollout/server_engine.py`. The server's engine reads `rollout.vllm`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class RolloutSection(_Strict):
     tasks_per_step: int = Field(default=4, ge=1, description="distinct tasks (groups) per optimizer step")
     group_size: int = Field(default=8, ge=2, description="trajectories per task (G); GRPO needs at least 2")
@@ -101,10 +109,12 @@ class RolloutSection(_Strict):
     sampling: _Sampling = Field(default_factory=lambda: _Sampling(max_new_tokens=96))
     dynamic_sampling: bool = Field(default=False, description="drop zero-variance groups and refill (DAPO)")
     max_refill_rounds: int = Field(default=2, ge=0)
-    engine: Literal["hf", "vllm"] = Field(
-        default="hf", description="hf: transformers generate with the trained module; vllm: vLLM (pip install -e '.[vllm]')"
+    engine: Literal["hf", "vllm", "vllm-server"] = Field(
+        default="hf", description="hf: transformers generate with the trained module; vllm: vLLM in this process "
+        "(pip install -e '.[vllm]'); vllm-server: vLLM in its own process (agent-grpo serve-engine, rollout.server)"
     )
     vllm: VLLMSection = Field(default_factory=VLLMSection)
+    server: ServerSection = Field(default_factory=ServerSection)
 
 
 class LossConfig(_Strict):
@@ -179,10 +189,16 @@ class TrainConfig(_Strict):
                 "raise rollout.max_total_tokens or lower rollout.sampling.max_new_tokens"
             )
         max_len = self.rollout.vllm.max_model_len
-        if self.rollout.engine == "vllm" and max_len is not None and max_len <= self.rollout.sampling.max_new_tokens:
+        uses_vllm = self.rollout.engine in ("vllm", "vllm-server")
+        if uses_vllm and max_len is not None and max_len <= self.rollout.sampling.max_new_tokens:
             raise ValueError(
                 f"rollout.vllm.max_model_len ({max_len}) must be above rollout.sampling.max_new_tokens "
                 f"({self.rollout.sampling.max_new_tokens}); raise max_model_len or leave it unset (rollout.max_total_tokens)"
+            )
+        if self.rollout.engine == "vllm-server" and self.rollout.vllm.sleep_during_update:
+            raise ValueError(
+                "rollout.vllm.sleep_during_update: the engine server has its own GPUs and stays awake during the "
+                "update; set it to false with rollout.engine: vllm-server"
             )
         if self.save_every > self.steps:
             self.save_every = self.steps  # always save at the end
