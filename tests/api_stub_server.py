@@ -16,7 +16,8 @@ and behaves as the last `POST /control` said (JSON, every field optional; counte
     fail_first  answer HTTP 500 to the first n requests, then behave as `mode`
     status      the status of those failures (default 500; 429 and 400 are useful too)
 
-`GET /stats` gives `{"requests": n, "bodies": [...]}`: what reached the completions endpoint.
+`GET /stats` gives `{"requests": n, "bodies": [...], "max_in_flight": m}`: what reached the completions
+endpoint, and the most requests it was answering at once.
 `StubServer` starts and stops one from a test.
 """
 
@@ -39,7 +40,8 @@ _LOCK = threading.Lock()
 def _reset(control: dict) -> None:
     with _LOCK:
         _STATE.clear()
-        _STATE.update(mode="judge", delay_s=0.0, fail_first=0, status=500, replies=[], requests=0, bodies=[])
+        _STATE.update(mode="judge", delay_s=0.0, fail_first=0, status=500, replies=[], requests=0, bodies=[],
+                      in_flight=0, max_in_flight=0)
         _STATE.update(control)
 
 
@@ -84,7 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/stats":
             with _LOCK:
-                self._send(200, json.dumps({"requests": _STATE["requests"], "bodies": _STATE["bodies"]}).encode())
+                stats = {k: _STATE[k] for k in ("requests", "bodies", "max_in_flight")}
+                self._send(200, json.dumps(stats).encode())
         else:
             self._send(404, b'{"error": "not found"}')
 
@@ -102,9 +105,18 @@ class _Handler(BaseHTTPRequestHandler):
             _STATE["requests"] += 1
             n = _STATE["requests"]
             _STATE["bodies"].append(body)
+            _STATE["in_flight"] += 1
+            _STATE["max_in_flight"] = max(_STATE["max_in_flight"], _STATE["in_flight"])
             state = dict(_STATE)
         if state["mode"] == "die":
             os._exit(0)
+        try:
+            self._answer(body, n, state)
+        finally:
+            with _LOCK:
+                _STATE["in_flight"] -= 1
+
+    def _answer(self, body: dict, n: int, state: dict) -> None:
         time.sleep(state["delay_s"])
         if n <= state["fail_first"]:
             self._send(state["status"], b'{"error": {"message": "stub failure"}}')

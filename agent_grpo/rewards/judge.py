@@ -241,7 +241,7 @@ class Judge:
             except RewardError as e:
                 return e
 
-        if len(unique) == 1 or self.config.workers == 1:
+        if len(unique) <= 1 or self.config.workers == 1:
             results = [one(i) for i in unique]
         else:
             with ThreadPoolExecutor(max_workers=min(self.config.workers, len(unique))) as pool:

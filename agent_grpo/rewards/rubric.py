@@ -14,9 +14,9 @@ Components run in the order given, so a later component may read `traj.rewards` 
 
 A component that cannot score one trajectory (an LLM judge timed out or answered garbage) raises
 `RewardError` for it (a group component puts a `RewardError` in its list instead): that trajectory gets
-the component's `on_error` value (0 by default), the message in `traj.reward_errors[name]` and a count in
-`traj.metrics["reward_errors"]`; the rest of the group and the run go on. Any other exception is a bug
-and propagates.
+the component's `on_error` value (0 by default), the message in `traj.reward_errors[name]` and their
+count in `traj.metrics["reward_errors"]` (set only where there is one); the rest of the group and the run
+go on. Any other exception is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -127,7 +127,10 @@ class Rubric:
                 t.rewards[comp.name] = v
         for t in group:
             t.reward = sum(c.weight * t.rewards[c.name] for c in self.components)
-            t.metrics["reward_errors"] = float(len(t.reward_errors))  # on every trajectory: its mean is a rate
+            if t.reward_errors:  # an event flag (train/metrics.py): absent counts as 0 in the step's mean
+                t.metrics["reward_errors"] = float(len(t.reward_errors))
+            else:
+                t.metrics.pop("reward_errors", None)  # rescored without error
         for m in self.metrics:
             for t, v in zip(group, m.values(group), strict=True):
                 t.metrics[m.name] = v
