@@ -10,7 +10,9 @@ from agent_grpo.cli._console import make_console
 
 
 def evaluate(
-    checkpoint: str = typer.Argument(..., help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'"),
+    checkpoint: str = typer.Argument(
+        None, help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'; none with --api-base"
+    ),
     env: str = typer.Option(None, help="installed environment (default: env.name of a training config)"),
     split: str = typer.Option("test", help="task split"),
     n: int = typer.Option(200, "--n", min=1, help="tasks"),
@@ -18,8 +20,18 @@ def evaluate(
     no_tools: bool = typer.Option(False, "--no-tools", help="offer no tools (ablation)"),
     out: Path = typer.Option(None, "--out", help="folder for results.md / results.json and the trajectories"),
     seed: int = typer.Option(0, help="task and sampling seed"),
+    api_base: str = typer.Option(None, "--api-base", help="evaluate a chat API model instead: OpenAI-compatible base URL"),
+    api_model: str = typer.Option(None, "--api-model", help="model name at --api-base"),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="environment variable holding the API key"),
 ) -> None:
     """Avg@k, accuracy with a 95% interval, tool calls per trajectory, zoom precision, terminations."""
+    if (api_base is None) == (checkpoint is None) or (api_base is None) != (api_model is None):
+        raise typer.BadParameter("give a CHECKPOINT, or --api-base URL with --api-model NAME (not both)")
+    if api_base is not None:
+        from agent_grpo.cli.eval_api import run_api_eval
+
+        return run_api_eval(api_base=api_base, api_model=api_model, api_key_env=api_key_env, env_name=env,
+                            split=split, n=n, k=k, no_tools=no_tools, out=out, seed=seed, console=make_console())
     import torch
 
     from agent_grpo.cli._config import check_out_dir, checkpoint_folder
