@@ -70,7 +70,9 @@ class ChatAPIConfig(BaseModel):
     api_key_env: str | None = Field(
         default=None, description="environment variable holding the API key; None: send no key (local vLLM)"
     )
-    timeout_s: float = Field(default=60.0, gt=0, description="per attempt, connect + read")
+    timeout_s: float = Field(
+        default=60.0, gt=0, description="per attempt: to connect, and between bytes of the answer (httpx semantics)"
+    )
     max_retries: int = Field(default=3, ge=0, description="extra attempts after a time-out, 429, 5xx or connection error")
     backoff_s: float = Field(default=1.0, ge=0, description="first wait between attempts; doubles each retry")
     max_backoff_s: float = Field(default=30.0, ge=0)

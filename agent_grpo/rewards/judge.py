@@ -204,6 +204,7 @@ class Judge:
         self.client = client or ChatClient(config)
         self.cache = cache if cache is not None else JudgeCache(config.cache_path)
         self.calls = 0  # verdicts asked of the server (cache misses)
+        self._calls_lock = threading.Lock()  # grade() runs in a thread pool
 
     def key(self, question: str, answer: str, reference: str) -> str:
         return judge_key(question, answer, reference, self.config.model, self.config.prompt_sha)
@@ -217,7 +218,8 @@ class Judge:
         cfg = self.config
         prompt = cfg.template.format(question=question, answer=answer, reference=reference)
         messages = [ChatMessage(role="system", content=cfg.system_prompt), ChatMessage(role="user", content=prompt)]
-        self.calls += 1
+        with self._calls_lock:
+            self.calls += 1
         try:
             reply = self.client.complete(messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens).text
         except APIError as e:
