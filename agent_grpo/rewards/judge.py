@@ -235,7 +235,12 @@ class Judge:
 
     def grade_many(self, items: Sequence[tuple[str, str, str]]) -> list[float | RewardError]:
         """Grade each (question, answer, reference); equal triples share one request. Never raises RewardError."""
-        unique = list(dict.fromkeys(items))
+        by_item: dict[tuple[str, str, str], float | RewardError] = {}
+        for item in dict.fromkeys(items):
+            hit = self.cache.get(self.key(*item))
+            if hit is not None:
+                by_item[item] = hit.verdict
+        missing = [i for i in dict.fromkeys(items) if i not in by_item]
 
         def one(item: tuple[str, str, str]) -> float | RewardError:
             try:
@@ -243,12 +248,12 @@ class Judge:
             except RewardError as e:
                 return e
 
-        if len(unique) <= 1 or self.config.workers == 1:
-            results = [one(i) for i in unique]
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.config.workers, len(unique))) as pool:
-                results = list(pool.map(one, unique))
-        by_item = dict(zip(unique, results, strict=True))
+        if len(missing) <= 1 or self.config.workers == 1:
+            results = [one(i) for i in missing]
+        else:  # threads only for requests: a cached group costs no pool
+            with ThreadPoolExecutor(max_workers=min(self.config.workers, len(missing))) as pool:
+                results = list(pool.map(one, missing))
+        by_item.update(zip(missing, results, strict=True))
         return [by_item[i] for i in items]
 
     def close(self) -> None:
