@@ -29,9 +29,11 @@ def evaluate_api(
 
 def run_api_eval(
     *, api_base: str, api_model: str, api_key_env: str | None, env_name: str | None, split: str, n: int, k: int,
-    no_tools: bool, out: Path | None, seed: int, console,
+    no_tools: bool, out: Path | None, seed: int, console, env_options: dict | None = None,
 ) -> None:
-    """The whole `eval` command for an API model: check inputs, run, print, write."""
+    """The whole `eval` command for an API model: check inputs, run, print, write.
+
+    `env_options` are the environment's keyword arguments (what `eval --set` gives a checkpoint's run)."""
     import typer
 
     from agent_grpo.cli._config import check_out_dir
@@ -44,7 +46,7 @@ def run_api_eval(
     config.api_key()  # a missing key variable is a message now, not one error per trajectory
     if out is not None:
         check_out_dir(out, "--out")
-    environment = make_env(env_name, allow_tools=not no_tools)
+    environment = make_env(env_name, allow_tools=not no_tools, **(env_options or {}))
     try:
         if split not in environment.splits:
             raise typer.BadParameter(f"{env_name} has no split {split!r}; its splits: {', '.join(environment.splits)}",
