@@ -123,6 +123,9 @@ class Trajectory(BaseModel):
     images: list[ImagePart] = Field(default_factory=list, description="every image, by observation index")
     segments: list[Segment] = Field(default_factory=list)
     rewards: dict[str, float] = Field(default_factory=dict, description="unweighted reward by component")
+    reward_errors: dict[str, str] = Field(
+        default_factory=dict, description="components that could not score this trajectory, with why (rubric.py)"
+    )
     reward: float = 0.0
     advantage: float | None = None
     termination: Termination | None = None

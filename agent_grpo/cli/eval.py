@@ -29,7 +29,9 @@ def make_engine(checkpoint: str, seed: int):
 
 
 def evaluate(
-    checkpoint: str = typer.Argument(..., help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'"),
+    checkpoint: str = typer.Argument(
+        None, help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'; none with --api-base"
+    ),
     env: str = typer.Option(None, help="installed environment (default: env.name of a training config)"),
     set_: list[str] = typer.Option([], "--set", help="environment option key=value (repeatable), e.g. root=/data/vstar"),
     split: str = typer.Option("test", help="task split"),
@@ -42,8 +44,24 @@ def evaluate(
     no_tools: bool = typer.Option(False, "--no-tools", help="offer no tools (ablation)"),
     out: Path = typer.Option(None, "--out", help="folder for results.md / results.json and the trajectories"),
     seed: int = typer.Option(0, help="task and sampling seed"),
+    api_base: str = typer.Option(None, "--api-base", help="evaluate a chat API model instead: OpenAI-compatible base URL"),
+    api_model: str = typer.Option(None, "--api-model", help="model name at --api-base"),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="environment variable holding the API key"),
 ) -> None:
     """Avg@k, pass@k, accuracy per category, tool use and the environment's own columns."""
+    if (api_base is None) == (checkpoint is None) or (api_base is None) != (api_model is None):
+        raise typer.BadParameter("give a CHECKPOINT, or --api-base URL with --api-model NAME (not both)")
+    if api_base is not None:
+        from agent_grpo.cli._env_options import parse_env_options
+        from agent_grpo.cli.eval_api import run_api_eval
+        from agent_grpo.envs.registry import load_envs
+        from agent_grpo.train.config import EnvConfig
+
+        env, envs = env or EnvConfig().name, load_envs()
+        options = parse_env_options(env, envs[env].factory, set_) if env in envs else {}
+        return run_api_eval(api_base=api_base, api_model=api_model, api_key_env=api_key_env, env_name=env,
+                            split=split, n=n, k=k, no_tools=no_tools, out=out, seed=seed, console=make_console(),
+                            env_options=options)
     import torch
     from pydantic import ValidationError
 

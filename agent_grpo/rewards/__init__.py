@@ -1,4 +1,8 @@
-"""Rewards: rubric composition, format, accuracy, tool-use rewards and reward-hacking metrics."""
+"""Rewards: rubric composition, format, accuracy, tool-use rewards and reward-hacking metrics.
+
+The LLM judge (`agent_grpo.rewards.judge`: `JudgeConfig`, `judge_accuracy`) is imported from its module,
+so importing the rewards never loads the HTTP client.
+"""
 
 from agent_grpo.rewards.accuracy import (
     COMPARATORS,
@@ -21,7 +25,7 @@ from agent_grpo.rewards.hacking import (
     zoom_covers_image,
     zoom_precision,
 )
-from agent_grpo.rewards.rubric import RewardFn, Rubric, metric, reward
+from agent_grpo.rewards.rubric import RewardError, RewardFn, Rubric, metric, reward
 from agent_grpo.rewards.tool_use import (
     conditional_tool_bonus,
     deepeyes_rubric,
@@ -35,6 +39,7 @@ from agent_grpo.rewards.tool_use import (
 __all__ = [
     "COMPARATORS",
     "HACKING_METRICS",
+    "RewardError",
     "RewardFn",
     "Rubric",
     "accuracy",

@@ -11,6 +11,12 @@
 
 Components run in the order given, so a later component may read `traj.rewards` of an earlier one
 (the DeepEyes tool bonus reads `accuracy`). Metrics are logged, never added to the reward.
+
+A component that cannot score one trajectory (an LLM judge timed out or answered garbage) raises
+`RewardError` for it (a group component puts a `RewardError` in its list instead): that trajectory gets
+the component's `on_error` value (0 by default), the message in `traj.reward_errors[name]` and their
+count in `traj.metrics["reward_errors"]` (set only where there is one); the rest of the group and the run
+go on. Any other exception is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -20,9 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from agent_grpo.errors import AgentGrpoError
 from agent_grpo.trajectory import Trajectory
 
 Scope = Literal["trajectory", "group"]
+
+
+class RewardError(AgentGrpoError):
+    """A reward component could not score one trajectory; recorded on it, never raised into the run."""
 
 
 @dataclass(frozen=True)
@@ -33,19 +44,30 @@ class RewardFn:
     fn: Callable
     weight: float = 1.0
     scope: Scope = "trajectory"
+    on_error: float = 0.0  # the value a trajectory gets when this component raises RewardError for it
 
     def values(self, group: Sequence[Trajectory]) -> list[float]:
+        """One value per trajectory; a `RewardError` is recorded on its trajectory (`reward_errors`)."""
         if self.scope == "group":
             out = list(self.fn(list(group)))
             if len(out) != len(group):
                 raise ValueError(f"group reward {self.name} returned {len(out)} values for {len(group)} trajectories")
         else:
-            out = [self.fn(t) for t in group]
-        values = [float(v) for v in out]
+            out = [self._one(t) for t in group]
+        for t, v in zip(group, out, strict=True):
+            if isinstance(v, RewardError):
+                t.reward_errors[self.name] = str(v)
+        values = [self.on_error if isinstance(v, RewardError) else float(v) for v in out]
         bad = [v for v in values if not math.isfinite(v)]
         if bad:
             raise ValueError(f"reward {self.name} returned a non-finite value {bad[0]}")
         return values
+
+    def _one(self, traj: Trajectory) -> float | RewardError:
+        try:
+            return self.fn(traj)
+        except RewardError as e:
+            return e
 
     def with_weight(self, weight: float) -> RewardFn:
         return replace(self, weight=weight)
@@ -99,11 +121,16 @@ class Rubric:
         """Score a group of trajectories of the same task in place."""
         for t in group:
             t.rewards = {}
+            t.reward_errors = {}
         for comp in self.components:
             for t, v in zip(group, comp.values(group), strict=True):
                 t.rewards[comp.name] = v
         for t in group:
             t.reward = sum(c.weight * t.rewards[c.name] for c in self.components)
+            if t.reward_errors:  # an event flag (train/metrics.py): absent counts as 0 in the step's mean
+                t.metrics["reward_errors"] = float(len(t.reward_errors))
+            else:
+                t.metrics.pop("reward_errors", None)  # rescored without error
         for m in self.metrics:
             for t, v in zip(group, m.values(group), strict=True):
                 t.metrics[m.name] = v

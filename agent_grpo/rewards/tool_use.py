@@ -114,15 +114,26 @@ def fewest_calls_bonus(
     return reward(name, weight=weight, scope="group")(fewest_calls)
 
 
-def deepeyes_rubric(accuracy_kind: Kind = "exact", **accuracy_opts: Any) -> Rubric:
+def deepeyes_rubric(accuracy_kind: Kind = "exact", judge: Any = None, **accuracy_opts: Any) -> Rubric:
     """DeepEyes (arXiv 2505.14362): 0.8 x accuracy + 0.2 x format + 1.2 x tool bonus.
+
+    With `judge` (a `JudgeConfig` or its fields as a mapping, e.g. an environment option), accuracy is
+    an LLM judge's verdict (`rewards/judge.py`), as DeepEyes grades open-ended answers; else `accuracy_kind`.
 
     Departure: format is the per-turn fraction (`format_reward`) rather than all-or-nothing; use
     `strict_format_reward.with_weight(0.2)` in your own Rubric for the latter. Logs `HACKING_METRICS`.
     """
+    if judge is not None:
+        from agent_grpo.rewards.judge import judge_accuracy  # the HTTP client loads only when a judge is used
+
+        if accuracy_opts:
+            raise ValueError(f"accuracy options {sorted(accuracy_opts)} do not apply to an LLM judge; drop them")
+        acc = judge_accuracy(judge, weight=0.8)
+    else:
+        acc = accuracy(accuracy_kind, weight=0.8, **accuracy_opts)
     return Rubric(
         [
-            accuracy(accuracy_kind, weight=0.8, **accuracy_opts),
+            acc,
             format_reward.with_weight(0.2),
             conditional_tool_bonus(weight=1.2),
         ],

@@ -16,7 +16,7 @@ from pathlib import Path
 from agent_grpo.trajectory import Trajectory
 
 # Flags the rollout driver sets only on the trajectories they happen to: a rate over all trajectories.
-EVENT_FLAGS = ("prompt_too_long", "template_mismatch", "context_overflow")
+EVENT_FLAGS = ("prompt_too_long", "template_mismatch", "context_overflow", "reward_errors")
 
 
 def trajectory_metrics(trajs: list[Trajectory], prefix: str = "") -> dict[str, float]:
