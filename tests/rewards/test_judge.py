@@ -92,6 +92,18 @@ def test_judge_verdicts_become_accuracy_and_drive_the_tool_bonus(stub, mk, tmp_p
     assert "Question: How many?" in prompt and "Reference: tan" in prompt
 
 
+def test_the_deepeyes_environment_grades_with_the_judge_when_asked(stub, mk, tmp_path):
+    """`reward: judge` in the deepeyes env's options reaches this judge (its accuracy, weight 0.8)."""
+    from agent_grpo_envs.deepeyes import DeepEyesEnv
+
+    options = judge_config(stub, tmp_path).model_dump(mode="json")
+    env = DeepEyesEnv(reward="judge", judge=options, allow_tools=False)
+    group = group_of(mk, ["Tan", "blue"])
+    env.rubric.score(group)
+    assert [t.rewards["accuracy"] for t in group] == [1.0, 0.0] and env.rubric.weights["accuracy"] == 0.8
+    assert stub.requests == 2
+
+
 def test_equal_answers_share_one_request_and_the_cache_survives_a_restart(stub, mk, tmp_path):
     cfg = judge_config(stub, tmp_path)
     judged = judge_accuracy(cfg)

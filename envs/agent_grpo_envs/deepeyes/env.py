@@ -131,14 +131,9 @@ def judge_accuracy(options: dict[str, Any]) -> RewardFn:
 
     The one place the judge is connected: it must return a reward named "accuracy" (the tool bonus reads
     it) that records a judge failure as a reward error, never raises mid-run."""
-    try:  # the LLM-judge reward (agent_grpo/rewards/judge.py)
-        from agent_grpo.rewards.judge import judge_reward
-    except ImportError as e:
-        raise ValueError(
-            "reward: judge needs agent-grpo's LLM-judge reward (agent_grpo.rewards.judge), which this version "
-            "lacks; use reward: match, or upgrade agent-grpo"
-        ) from e
-    return judge_reward(name="accuracy", weight=0.8, **options)
+    from agent_grpo.rewards.judge import judge_accuracy as llm_judge
+
+    return llm_judge(options, name="accuracy", weight=0.8)
 
 
 class DeepEyesEnv(Environment):
