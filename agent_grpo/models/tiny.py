@@ -27,7 +27,6 @@ from transformers import (
     GenerationConfig,
     PreTrainedModel,
     Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
     Qwen3VLConfig,
 )
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
