@@ -213,6 +213,8 @@ class ChatFormat:
         self.merge_size: int = self.image_processor.merge_size
         # Pixels per side of one visual token: 28 for Qwen2/2.5-VL (14 px patches), 32 for Qwen3-VL (16 px).
         self.token_side: int = self.image_processor.patch_size * self.merge_size
+        # The processor's own minimum image size (pixels): smaller views are enlarged by it.
+        self.min_pixels: int = int(self.image_processor.size["shortest_edge"])
         # Batches pad with this id (masked out everywhere); Qwen2.5-VL's tokenizer names <|endoftext|>.
         pad = self.tokenizer.pad_token_id
         self.pad_token_id: int = pad if pad is not None else self._single_token_id("<|endoftext|>")

@@ -362,3 +362,41 @@ def test_tiny_qwen3_vl_sampling_logprobs_equal_training_and_reload(tmp_path):
         assert torch.equal(lp, lp2)
     finally:
         env.shutdown()
+
+
+def test_the_visual_budget_counts_qwen3_vl_tokens_and_its_views_pass_the_processor_unchanged(real):
+    from agent_grpo.budget import VisualBudget
+    from agent_grpo.rollout.vision import VisionCache
+
+    chat = real[1]
+    budget = VisualBudget(max_pixels_per_image=1024 * 1024)
+    assert budget.for_model(28, 3136) is budget  # Qwen2.5-VL's geometry and minimum: the budget as it was
+    ours = budget.for_model(chat.token_side, chat.min_pixels)
+    assert (ours.token_side, ours.min_pixels_per_image) == (32, 65536)
+    cache = VisionCache(chat, budget)
+    for width, height in [(100, 60), (640, 480), (300, 1000), (1000, 1000)]:
+        part = ImagePart.from_pil(make_image(width, height))
+        view = cache.view(part)
+        assert view.width % 32 == 0 and view.height % 32 == 0
+        tokens = int(chat.image_inputs([view])["image_grid_thw"].prod()) // 4
+        assert ours.tokens_for(width, height) == cache.num_tokens(part) == tokens  # counted = shown
+    # Counted at 28 px per token a COCO-sized image was 17 x 23 = 391 tokens; Qwen3-VL spends 15 x 20 = 300 on it.
+    assert (budget.tokens_for(640, 480), ours.tokens_for(640, 480)) == (391, 300)
+
+
+def test_model_tiny_command_writes_a_qwen3_vl_checkpoint(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from agent_grpo.cli.model import model_app
+
+    app = typer.Typer()
+    app.add_typer(model_app, name="model")
+    out = tmp_path / "tiny3"
+    result = CliRunner().invoke(app, ["model", "tiny", str(out), "--family", "qwen3_vl"])
+    assert result.exit_code == 0, result.output
+    assert "wrote a tiny Qwen3-VL" in result.output and "Qwen3-VL:" in result.output
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen3_vl"
+    assert (out / "chat_template.jinja").read_text() == tools_chat_template("qwen3_vl")
+    bad = CliRunner().invoke(app, ["model", "tiny", str(tmp_path / "x"), "--family", "qwen2_vl"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "unknown family" in bad.output
