@@ -9,6 +9,8 @@ import torch
 from transformers import Qwen3VLForConditionalGeneration
 
 from agent_grpo.envs.registry import load_envs
+from agent_grpo.models.chat import Qwen3VLImageTextProcessor, tools_chat_template
+from agent_grpo.models.loading import load_processor
 from agent_grpo.store import RunStore
 from agent_grpo.train.config import load_config
 from agent_grpo.train.metrics import read_metrics
@@ -28,8 +30,8 @@ SMOKE = [
 def smoke_env_overrides() -> list[str]:
     """The refcoco environment's shipped sample rows; where it is not installed, the `grounding` environment."""
     if "refcoco" in load_envs():
-        return ["env.options.data=null", "env.options.image_root=null"]
-    return ["env.name=grounding", "env.options={}"]
+        return ["env.options={}"]  # the environment's defaults: its shipped sample rows
+    return ["env.options={}", "env.name=grounding"]
 
 
 def test_the_recipe_says_how_to_run_it_and_names_qwen3_vl():
@@ -58,6 +60,8 @@ def test_the_recipe_trains_one_step_on_a_tiny_qwen3_vl(tmp_path):
     assert row["step"] == 1 and torch.isfinite(torch.tensor(row["loss"]))
     [ckpt] = sorted((out / "checkpoints").iterdir())
     assert Qwen3VLForConditionalGeneration.from_pretrained(ckpt / "model").config.model_type == "qwen3_vl"
-    assert '"processor_class": "Qwen3VLProcessor"' in (ckpt / "model" / "preprocessor_config.json").read_text()
+    processor = load_processor(ckpt / "model")
+    assert isinstance(processor, Qwen3VLImageTextProcessor) and processor.image_processor.patch_size == 16
+    assert processor.chat_template == tools_chat_template("qwen3_vl")
     store = RunStore.open(out / "trajectories")
     assert len(store) == 2 * 2
