@@ -62,14 +62,20 @@ class VisualBudget(BaseModel):
         """This budget counted in a model's visual tokens, so that views are never resized again by its processor.
 
         `token_side`: the model's pixels per token side (`ChatFormat.token_side`); `min_pixels`: its image
-        processor's minimum (Qwen3-VL's is 256 x 256), which raises `min_pixels_per_image` if that is lower
-        (never above the smallest view limit). Returns `self` when nothing changes (Qwen2.5-VL's defaults)."""
-        floor = self.min_pixels_per_image
-        if min_pixels is not None and min_pixels > floor:
-            floor = min(min_pixels, self.max_pixels("task"), self.max_pixels("tool"))
-        if token_side == self.token_side and floor == self.min_pixels_per_image:
+        processor's minimum (Qwen3-VL's is 256 x 256 = 64 tokens), which every image is enlarged to anyway:
+        it raises `min_pixels_per_image`, and the view limits where they are lower, so the tokens counted are
+        the tokens shown. Returns `self` when nothing changes (Qwen2.5-VL with its default minimum)."""
+        floor = max(self.min_pixels_per_image, min_pixels or 0)
+        task = self.max_pixels_per_task_image
+        update = {
+            "token_side": token_side,
+            "min_pixels_per_image": floor,
+            "max_pixels_per_image": max(self.max_pixels_per_image, floor),
+            "max_pixels_per_task_image": None if task is None else max(task, floor),
+        }
+        if all(getattr(self, k) == v for k, v in update.items()):
             return self
-        return self.model_copy(update={"token_side": token_side, "min_pixels_per_image": floor})
+        return self.model_copy(update=update)
 
 
 class BudgetUsage(BaseModel):

@@ -330,6 +330,11 @@ def test_sampling_logprobs_equal_training_forward_multi_turn_with_tool_images(re
         assert len(trajs[0].images) == 3 and trajs[0].images[2].parent == 1
         batch = assemble_batch(trajs, chat, env.budget)
         assert int(batch.image_grid_thw.shape[0]) == 4
+        # The budget counted the tokens the model was shown: 112 px views are enlarged to Qwen3-VL's minimum,
+        # 256 x 256 px = 64 tokens, and counted so.
+        for b, traj in enumerate(trajs):
+            counted = sum(env.budget.tokens_for(i.width, i.height, i.source) for i in traj.images)
+            assert counted == int((batch.input_ids[b] == 151655).sum()) == 64 * len(traj.images)
         with torch.no_grad():
             lp, _ = forward_logprobs(model, batch)
             packed = forward_head(model, pack_batch(batch)).logprobs
@@ -382,6 +387,10 @@ def test_the_visual_budget_counts_qwen3_vl_tokens_and_its_views_pass_the_process
         assert ours.tokens_for(width, height) == cache.num_tokens(part) == tokens  # counted = shown
     # Counted at 28 px per token a COCO-sized image was 17 x 23 = 391 tokens; Qwen3-VL spends 15 x 20 = 300 on it.
     assert (budget.tokens_for(640, 480), ours.tokens_for(640, 480)) == (391, 300)
+    # A budget whose views are smaller than the processor's minimum: they are enlarged to it, and counted so.
+    small = VisualBudget(max_pixels_per_image=112 * 112).for_model(chat.token_side, chat.min_pixels)
+    assert (small.min_pixels_per_image, small.max_pixels_per_image) == (65536, 65536)
+    assert small.tokens_for(448, 448) == 64 == chat.num_image_tokens(112, 112)
 
 
 def test_model_tiny_command_writes_a_qwen3_vl_checkpoint(tmp_path):
