@@ -30,6 +30,11 @@ class VisualBudget(BaseModel):
     )
     min_pixels_per_image: int = Field(default=4 * FACTOR * FACTOR, ge=FACTOR * FACTOR)
     max_visual_tokens: int = Field(default=1024, ge=1, description="image tokens over the whole trajectory")
+    token_side: int = Field(
+        default=FACTOR, ge=1,
+        description="pixels per side of one visual token: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL (the rollout "
+        "driver sets the model's, see `for_model`)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VisualBudget:
@@ -47,11 +52,30 @@ class VisualBudget(BaseModel):
         return self.max_pixels_per_image
 
     def tokens_for(self, width: int, height: int, source: str = "tool") -> int:
-        return visual_tokens(width, height, self.min_pixels_per_image, self.max_pixels(source))
+        return visual_tokens(width, height, self.min_pixels_per_image, self.max_pixels(source), self.token_side)
 
     def view(self, image: Image.Image, source: str = "tool") -> Image.Image:
         """The model's view of a stored image: the one place images are shrunk for the model."""
-        return model_view(image, self.min_pixels_per_image, self.max_pixels(source))
+        return model_view(image, self.min_pixels_per_image, self.max_pixels(source), self.token_side)
+
+    def for_model(self, token_side: int, min_pixels: int | None = None) -> VisualBudget:
+        """This budget counted in a model's visual tokens, so that views are never resized again by its processor.
+
+        `token_side`: the model's pixels per token side (`ChatFormat.token_side`); `min_pixels`: its image
+        processor's minimum (Qwen3-VL's is 256 x 256 = 64 tokens), which every image is enlarged to anyway:
+        it raises `min_pixels_per_image`, and the view limits where they are lower, so the tokens counted are
+        the tokens shown. Returns `self` when nothing changes (Qwen2.5-VL with its default minimum)."""
+        floor = max(self.min_pixels_per_image, min_pixels or 0)
+        task = self.max_pixels_per_task_image
+        update = {
+            "token_side": token_side,
+            "min_pixels_per_image": floor,
+            "max_pixels_per_image": max(self.max_pixels_per_image, floor),
+            "max_pixels_per_task_image": None if task is None else max(task, floor),
+        }
+        if all(getattr(self, k) == v for k, v in update.items()):
+            return self
+        return self.model_copy(update=update)
 
 
 class BudgetUsage(BaseModel):

@@ -22,7 +22,8 @@ MAX_DECODE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Tool outputs above this are downscaled before they are kept (a rotate of a huge image, say).
 MAX_STORED_PIXELS = 4096 * 4096
 
-# Qwen2-VL / Qwen2.5-VL vision geometry: 14 px patches merged 2x2 into one token.
+# Qwen2-VL / Qwen2.5-VL vision geometry: 14 px patches merged 2x2 into one token (the default of the
+# functions below; Qwen3-VL's 16 px patches give `factor=32`, see `agent_grpo.models.family`).
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 FACTOR = PATCH_SIZE * MERGE_SIZE  # 28: both sides of a model image are multiples of this
@@ -136,33 +137,38 @@ def image_size_problem(width: int, height: int) -> str | None:
 
 
 def smart_resize(
-    height: int, width: int, min_pixels: int = 4 * FACTOR * FACTOR, max_pixels: int = 1280 * FACTOR * FACTOR
+    height: int,
+    width: int,
+    min_pixels: int = 4 * FACTOR * FACTOR,
+    max_pixels: int = 1280 * FACTOR * FACTOR,
+    factor: int = FACTOR,
 ) -> tuple[int, int]:
     """The size (h, w) Qwen-VL's image processor resizes an image to.
 
-    Both sides become multiples of 28 with the aspect ratio kept as well as rounding allows and
-    `min_pixels <= h * w <= max_pixels`. Same rule as transformers' `smart_resize`.
+    Both sides become multiples of `factor` (28; 32 for Qwen3-VL) with the aspect ratio kept as well as
+    rounding allows and `min_pixels <= h * w <= max_pixels`. Same rule as transformers' `smart_resize`.
     """
     problem = image_size_problem(width, height)
     if problem is not None:
         raise ValueError(problem)
-    h = max(FACTOR, round(height / FACTOR) * FACTOR)
-    w = max(FACTOR, round(width / FACTOR) * FACTOR)
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
     if h * w > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
-        h = max(FACTOR, math.floor(height / beta / FACTOR) * FACTOR)
-        w = max(FACTOR, math.floor(width / beta / FACTOR) * FACTOR)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
     elif h * w < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / FACTOR) * FACTOR
-        w = math.ceil(width * beta / FACTOR) * FACTOR
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
     return h, w
 
 
-def visual_tokens(width: int, height: int, min_pixels: int, max_pixels: int) -> int:
-    """Number of `<|image_pad|>` tokens Qwen2/2.5-VL spends on an image of this size."""
-    h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
-    return (h // FACTOR) * (w // FACTOR)
+def visual_tokens(width: int, height: int, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> int:
+    """Number of `<|image_pad|>` tokens a Qwen-VL model spends on an image of this size (`factor`: pixels per
+    token side, 28 for Qwen2/2.5-VL, 32 for Qwen3-VL)."""
+    h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
+    return (h // factor) * (w // factor)
 
 
 def fit_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
@@ -175,13 +181,13 @@ def fit_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
     return image.resize((w, h), Image.Resampling.BICUBIC)
 
 
-def model_view(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+def model_view(image: Image.Image, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> Image.Image:
     """The image as the model sees it: resized to the Qwen-VL grid size for these pixel limits.
 
     Images are stored at full resolution (tools crop the original pixels); this is the one place
     where they are shrunk for the model, so visual-token counts and the processor always agree.
     """
-    h, w = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels)
+    h, w = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
     if (w, h) == image.size:
         return image
     return image.resize((w, h), Image.Resampling.BICUBIC)

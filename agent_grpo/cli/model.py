@@ -24,10 +24,14 @@ def tiny(
         str, typer.Option(help="S: text 128 x 2 layers, vision 64 x 2; M: 256 x 4, vision 128 x 4")
     ] = "S",
     seed: Annotated[int, typer.Option(help="seed of the fan-in weight initialisation")] = 0,
+    family: Annotated[str, typer.Option(help="qwen2_5_vl or qwen3_vl")] = "qwen2_5_vl",
 ) -> None:
-    """Create a tiny, randomly initialised Qwen2.5-VL checkpoint (model, tokenizer, processor, template)."""
+    """Create a tiny, randomly initialised Qwen2.5-VL (or Qwen3-VL) checkpoint (model, tokenizer, processor, template)."""
+    from agent_grpo.models.family import family_named
     from agent_grpo.models.tiny import SIZES, build_tiny_model, describe
 
+    if family not in ("qwen2_5_vl", "qwen3_vl"):
+        raise typer.BadParameter(f"unknown family {family!r}; choose qwen2_5_vl or qwen3_vl", param_hint="--family")
     size = size.upper()
     if size not in SIZES:
         raise typer.BadParameter(
@@ -35,8 +39,8 @@ def tiny(
         )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise typer.BadParameter(f"{out_dir} is not empty; choose a new folder", param_hint="OUT_DIR")
-    model, _ = build_tiny_model(out_dir, size=size, seed=seed)
-    typer.echo(f"wrote a tiny Qwen2.5-VL (size {size}, seed {seed}) to {out_dir}")
+    model, _ = build_tiny_model(out_dir, size=size, seed=seed, family=family)
+    typer.echo(f"wrote a tiny {family_named(family).title} (size {size}, seed {seed}) to {out_dir}")
     typer.echo(describe(model, out_dir))
     typer.echo(f"load it with agent_grpo.models.load_policy({str(out_dir)!r})")
 

@@ -281,7 +281,7 @@ class Environment:
         return ToolJob(call=call, context=ctx, states=episode.tool_states)
 
     def _budget_exhausted(self, episode: Episode) -> bool:
-        smallest = self.budget.tokens_for(28, 28)
+        smallest = self.budget.tokens_for(self.budget.token_side, self.budget.token_side)
         return (
             episode.usage.images_left(self.budget) <= 0
             or episode.usage.visual_tokens + smallest > self.budget.max_visual_tokens

@@ -1,9 +1,10 @@
-"""Models: the tiny offline tokenizer and Qwen2.5-VL factory, chat rendering/encoding, loading."""
+"""Models: model families (Qwen2.5-VL, Qwen2-VL, Qwen3-VL), the tiny offline factory, chat rendering/encoding, loading."""
 
 from agent_grpo.models.chat import (
     STOP_STRINGS,
     ChatFormat,
     Qwen2_5_VLImageTextProcessor,
+    Qwen3VLImageTextProcessor,
     RenderedChat,
     build_processor,
     template_is_prefix_preserving,
@@ -11,20 +12,25 @@ from agent_grpo.models.chat import (
     to_template_messages,
     tools_chat_template,
 )
+from agent_grpo.models.family import FAMILIES, ModelFamily, family_named
 from agent_grpo.models.loading import load_policy, load_processor, save_processor
 from agent_grpo.models.mrope import mm_token_type_ids, multimodal_position_ids
 from agent_grpo.models.tiny import build_from_config, build_tiny_model, init_fan_in
 from agent_grpo.models.tokenizer import build_tokenizer
 
 __all__ = [
+    "FAMILIES",
     "STOP_STRINGS",
     "ChatFormat",
+    "ModelFamily",
     "Qwen2_5_VLImageTextProcessor",
+    "Qwen3VLImageTextProcessor",
     "RenderedChat",
     "build_from_config",
     "build_processor",
     "build_tiny_model",
     "build_tokenizer",
+    "family_named",
     "init_fan_in",
     "load_policy",
     "load_processor",

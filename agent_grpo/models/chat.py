@@ -1,4 +1,4 @@
-"""Chat rendering and token encoding for Qwen2.5-VL-style models.
+"""Chat rendering and token encoding for Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
 
 `ChatFormat` wraps a processor (tokenizer + image processor + chat template) and gives a rollout
 driver what token-in/token-out needs:
@@ -14,10 +14,11 @@ driver what token-in/token-out needs:
 - `image_inputs(images)`: `pixel_values` and `image_grid_thw` for the model;
 - `assistant_end`, `stop_strings`, `stop_token_ids`.
 
-The template shipped here (`chat_template.jinja`, see `tools_chat_template`) adds what the stock
-Qwen2.5-VL template lacks: a tools section, assistant `tool_calls`, and `tool` messages (rendered in a
-user turn as `<tool_response>` blocks, images included). It is prefix-preserving: rendering the chat
-up to an assistant message and then appending later messages never changes earlier text.
+The templates shipped here (`tools_chat_template(family)`: `chat_template.jinja` for Qwen2/2.5-VL,
+`chat_template_qwen3_vl.jinja` for Qwen3-VL) add what the stock Qwen2.5-VL template lacks: a tools section,
+assistant `tool_calls`, and `tool` messages (rendered in a user turn as `<tool_response>` blocks, images
+included). Both are prefix-preserving: rendering the chat up to an assistant message and then appending
+later messages never changes earlier text.
 
 Control tokens come only from the template. In the text of system, user and tool messages (a task's
 question, a tool's output, an error quoting a label or a tool name the model chose) special tokens are
@@ -39,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from transformers import PreTrainedTokenizerBase, Qwen2_5_VLProcessor
+from transformers import PreTrainedTokenizerBase, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from agent_grpo.content import ImagePart, Message, TextPart
+from agent_grpo.models.family import family_named
 
 TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 
@@ -85,9 +87,9 @@ class RenderedChat:
 
 
 @cache
-def tools_chat_template() -> str:
-    """Our Qwen2.5-VL chat template with tools (the text of `chat_template.jinja`)."""
-    return TEMPLATE_PATH.read_text(encoding="utf-8")
+def tools_chat_template(family: str = "qwen2_5_vl") -> str:
+    """Our chat template with tools for a model family (Qwen2/2.5-VL: the text of `chat_template.jinja`)."""
+    return family_named(family).chat_template()
 
 
 class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
@@ -109,15 +111,30 @@ class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
         )
 
 
+class Qwen3VLImageTextProcessor(Qwen3VLProcessor):
+    """`Qwen3VLProcessor` without a video processor (see `Qwen2_5_VLImageTextProcessor`)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
+
+
 def build_processor(
-    tokenizer, image_processor, chat_template: str | None = None
-) -> Qwen2_5_VLImageTextProcessor:
-    """A processor from a tokenizer and a (PIL) image processor; `chat_template` defaults to ours."""
-    template = chat_template or tools_chat_template()
+    tokenizer, image_processor, chat_template: str | None = None, family: str = "qwen2_5_vl"
+) -> Qwen2_5_VLImageTextProcessor | Qwen3VLImageTextProcessor:
+    """A processor from a tokenizer and a (PIL) image processor; `chat_template` defaults to the family's (ours).
+
+    Qwen3-VL gets the image-only `Qwen3VLProcessor`; Qwen2-VL and Qwen2.5-VL the Qwen2.5-VL one (the same
+    text and image handling)."""
+    template = chat_template or tools_chat_template(family)
     tokenizer.chat_template = template
-    return Qwen2_5_VLImageTextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=template
-    )
+    cls = Qwen3VLImageTextProcessor if family_named(family).name == "qwen3_vl" else Qwen2_5_VLImageTextProcessor
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 
 def to_template_messages(messages: Iterable[ChatMessage], mark=None) -> list[dict[str, Any]]:
@@ -194,6 +211,10 @@ class ChatFormat:
         self._marker_key = secrets.token_hex(8)
         self._marker = re.compile(f"\x00{self._marker_key}:(\\d+)\x00")
         self.merge_size: int = self.image_processor.merge_size
+        # Pixels per side of one visual token: 28 for Qwen2/2.5-VL (14 px patches), 32 for Qwen3-VL (16 px).
+        self.token_side: int = self.image_processor.patch_size * self.merge_size
+        # The processor's own minimum image size (pixels): smaller views are enlarged by it.
+        self.min_pixels: int = int(self.image_processor.size["shortest_edge"])
         # Batches pad with this id (masked out everywhere); Qwen2.5-VL's tokenizer names <|endoftext|>.
         pad = self.tokenizer.pad_token_id
         self.pad_token_id: int = pad if pad is not None else self._single_token_id("<|endoftext|>")

@@ -25,6 +25,10 @@ tests/models/test_mrope.py:
   token, and appends zeros to `mm_token_type_ids`. Without it, generation runs on 1-D positions.
 - Passing explicit `position_ids` [3, B, T] (from `get_rope_index`) to `forward` bypasses the cached
   state entirely; `multimodal_position_ids` below does that, and it works for text-only rows too.
+- Qwen3-VL (`modeling_qwen3_vl.py`, tests/models/test_qwen3_vl.py): the same `get_rope_index` arguments and
+  findings; an image run at position p gets t = p, h = p + row, w = p + column, and text resumes at
+  p + max(rows, columns). Its rotary embedding interleaves the (t, h, w) frequencies (`family.py`). The text
+  model reads 4-row positions as (text, t, h, w) too, so `packed_position_ids` serves both families.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ class RolloutDriver:
         self.env = env
         self.engine = engine
         self.chat = chat
+        # The env's budget counts in this model's visual tokens (Qwen3-VL: 32 px; unchanged for Qwen2.5-VL).
+        env.budget = env.budget.for_model(chat.token_side, chat.min_pixels)
         self.config = config or RolloutConfig()
         self.tool_schemas = [t.json_schema() for t in env.tools] or None
         self._vision: VisionCache | None = None  # views made in the current rollout

@@ -22,8 +22,11 @@ from agent_grpo.content import ImagePart
 class VisionCache:
     def __init__(self, chat, budget: VisualBudget):
         self.chat = chat
-        self.budget = budget
-        self._limits = (budget.min_pixels_per_image, budget.max_pixels("task"), budget.max_pixels("tool"))
+        # Views in the model's visual tokens (Qwen3-VL: 32 px), so its processor never resizes them again.
+        self.budget = budget = budget.for_model(chat.token_side, chat.min_pixels)
+        self._limits = (
+            budget.min_pixels_per_image, budget.max_pixels("task"), budget.max_pixels("tool"), budget.token_side
+        )
         self._patches: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def view(self, part: ImagePart) -> Image.Image:

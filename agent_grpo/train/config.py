@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_grpo.errors import ConfigError
 from agent_grpo.rollout.engine import SamplingParams
@@ -37,6 +37,12 @@ class _Sampling(SamplingParams):
 
 class ModelConfig(_Strict):
     path: str = Field(default="tiny", description="checkpoint folder or hub name; 'tiny' builds the tiny model")
+    family: str | None = Field(
+        default=None,
+        description="qwen2_5_vl, qwen2_vl or qwen3_vl; None follows the checkpoint's config.json. With path 'tiny' "
+        "it picks the tiny model's family (qwen2_5_vl or qwen3_vl; None: qwen2_5_vl); with a checkpoint it must "
+        "match the checkpoint's model_type",
+    )
     tiny_size: Literal["S", "M"] = "S"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     freeze_vision: bool = Field(default=False, description="keep the vision tower bit-identical")
@@ -61,6 +67,29 @@ class ModelConfig(_Strict):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="module names in the language model to adapt (the vision tower is never adapted)",
     )
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str | None) -> str | None:
+        from agent_grpo.models.family import family_named
+
+        return None if family is None else family_named(family).name  # ValueError names the supported ones
+
+    @model_validator(mode="after")
+    def _family_fits_the_model(self) -> ModelConfig:
+        if self.path == "tiny" and self.family not in (None, "qwen2_5_vl", "qwen3_vl"):
+            raise ValueError(f"model.family {self.family!r}: the tiny model is built as qwen2_5_vl or qwen3_vl")
+        config = Path(self.path) / "config.json"
+        if self.family is not None and self.path != "tiny" and config.is_file():
+            from agent_grpo.models.family import family_of_config
+
+            found = family_of_config(config).name
+            if found != self.family:
+                raise ValueError(
+                    f"model.family is {self.family!r} but {self.path} is a {found!r} checkpoint; "
+                    f"set model.family: {found} (or leave it unset)"
+                )
+        return self
 
 
 class EnvConfig(_Strict):

@@ -22,11 +22,11 @@ def build_policy(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "
     if cfg.path == "tiny":
         from agent_grpo.models.tiny import build_tiny_model
 
-        model, processor = build_tiny_model(size=cfg.tiny_size, seed=seed)
+        model, processor = build_tiny_model(size=cfg.tiny_size, seed=seed, family=cfg.family or "qwen2_5_vl")
     else:
         from agent_grpo.models.loading import load_policy
 
-        model, processor = load_policy(cfg.path, dtype=_DTYPES[cfg.dtype], device=device)
+        model, processor = load_policy(cfg.path, dtype=_DTYPES[cfg.dtype], device=device, family=cfg.family)
     model.to(device=device, dtype=_DTYPES[cfg.dtype])
     if cfg.freeze_vision:
         for p in vision_tower(model).parameters():
