@@ -1,8 +1,6 @@
 """examples/qwen3vl-rec: the recipe file itself, run for one step on a tiny Qwen3-VL on the CPU (issue 14).
 
-The smoke test is the file's own `smoke` preset (`--set preset=smoke`). Where the config loader has no presets
-yet, or the `refcoco` environment is not installed, the test applies the preset's settings as overrides and
-runs on the `grounding` environment instead."""
+The smoke test is the file's own `smoke` preset (`--set preset=smoke`) on the shipped refcoco sample rows."""
 
 from __future__ import annotations
 
@@ -10,11 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import Qwen3VLForConditionalGeneration
 
-import agent_grpo.train.config as config_module
-from agent_grpo.envs.registry import load_envs
 from agent_grpo.models.chat import Qwen3VLImageTextProcessor, tools_chat_template
 from agent_grpo.models.loading import load_processor
 from agent_grpo.store import RunStore
@@ -28,15 +23,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "examples" / "qwen3vl-rec" / "con
 
 def load_recipe(tmp_path: Path, preset: str | None = None, extra: list[str] = ()):
     """The recipe as `agent-grpo train RECIPE [--set preset=NAME] --set EXTRA...` reads it."""
-    if hasattr(config_module, "apply_preset"):
-        return load_config(RECIPE, [*([f"preset={preset}"] if preset else []), *extra])
-    data = yaml.safe_load(RECIPE.read_text())
-    presets = data.pop("presets")
-    chosen = presets[preset] if preset else {}
-    plain = tmp_path / "config.yaml"
-    plain.write_text(yaml.safe_dump(data))
-    return load_config(plain, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                               for k, v in chosen.items()] + list(extra))
+    return load_config(RECIPE, [*([f"preset={preset}"] if preset else []), *extra])
 
 
 def test_the_recipe_says_how_to_run_it_and_names_qwen3_vl(tmp_path):
@@ -58,13 +45,13 @@ def test_the_recipe_trains_one_step_on_a_tiny_qwen3_vl(tmp_path):
     from agent_grpo.recipes.grpo import GRPORecipe
 
     out = tmp_path / "run"
-    fallback = [] if "refcoco" in load_envs() else ["env.name=grounding", "env.options={}"]
-    cfg = load_recipe(tmp_path, "smoke", [*fallback, f"out_dir={out}"])
+    cfg = load_recipe(tmp_path, "smoke", [f"out_dir={out}"])
     recipe = GRPORecipe(cfg, progress=False)
     recipe.setup()
     try:
         assert type(recipe.policy) is Qwen3VLForConditionalGeneration
         assert recipe.env.budget.token_side == 32  # the budget counts Qwen3-VL's 32 px visual tokens
+        assert recipe.env.name == "refcoco"
         recipe.train()
     finally:
         recipe.cleanup()
