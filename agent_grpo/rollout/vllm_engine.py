@@ -163,6 +163,10 @@ class VLLMEngine:
             limit_mm_per_prompt={"image": max_images, "video": 0},
             logprobs_mode="raw_logprobs",
             enable_prefix_caching=True,
+            # Images are normalised on the host by the processor, as in HF. vLLM's default for Qwen2.5-VL
+            # normalises on the device with buffers (mean/std) that `load_format="dummy"` fills with random
+            # numbers and that no checkpoint weight restores (they are not in the checkpoint).
+            mm_device_do_normalize=False,
             enable_sleep_mode=enable_sleep_mode,
             seed=seed,
         )
