@@ -23,11 +23,22 @@ cache and the multimodal encoder cache are reset so nothing computed with the ol
 embedding above all) is reused. LoRA (PEFT) adapters are merged into the base weights on the fly
 (W + B A * scale per adapted layer, the training module untouched): vLLM's LoRA adapters do not apply
 to the vision tower and add per-token adapter compute to every generated token, while a merged sync
-costs one pass over the weights per step and keeps the engine's model an ordinary one.
+costs one pass over the weights per step and keeps the engine's model an ordinary one. Under FSDP the
+weights are all-gathered one at a time as vLLM loads them (`full_weights`), never a second full model.
+
+The weight-free start randomises vLLM's persistent buffers too, which no checkpoint weight restores: the
+device-side image normalisation's mean/std (so images are normalised on the host instead,
+`mm_device_do_normalize=False`) and the attention layers' fp8 KV-cache scales (unused: the KV cache keeps
+the model's dtype here).
+
+Failures: any error from vLLM becomes an `EngineError` (one message, the CLI's exit status 2) and the
+engine refuses further work; what earlier steps stored is untouched and the run resumes from its newest
+checkpoint with a fresh engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -65,6 +76,24 @@ def import_vllm():
     if not hasattr(vllm, "LLM"):  # a namespace package of that name (a folder named vllm on the path)
         raise ImportError(INSTALL_HINT)
     return vllm
+
+
+@contextlib.contextmanager
+def global_rng_kept():
+    """Restore the global random, numpy and torch (CPU and CUDA) generators on exit.
+
+    vLLM seeds all of them when an engine starts; a resumed run has restored them from its checkpoint just
+    before, and must go on from that state exactly as the run that never stopped does.
+    """
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
 
 
 def request_seed(seed: int, key: str | None, turn: int) -> int:
@@ -186,25 +215,26 @@ class VLLMEngine:
         base = _base_model(model)
         if dtype == "auto":
             dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
-        self.llm = vllm.LLM(
-            model=str(self.model_dir),
-            runner="generate",
-            load_format="dummy",  # the real weights come from the trainer (sync_weights below)
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            tensor_parallel_size=tensor_parallel_size,
-            limit_mm_per_prompt={"image": max_images, "video": 0},
-            logprobs_mode="raw_logprobs",
-            enable_prefix_caching=True,
-            # Images are normalised on the host by the processor, as in HF. vLLM's default for Qwen2.5-VL
-            # normalises on the device with buffers (mean/std) that `load_format="dummy"` fills with random
-            # numbers and that no checkpoint weight restores (they are not in the checkpoint).
-            mm_device_do_normalize=False,
-            enable_sleep_mode=enable_sleep_mode,
-            seed=seed,
-        )
+        with global_rng_kept():  # vLLM seeds random, numpy and torch (all devices) at start-up
+            self.llm = vllm.LLM(
+                model=str(self.model_dir),
+                runner="generate",
+                load_format="dummy",  # the real weights come from the trainer (sync_weights below)
+                dtype=dtype,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+                tensor_parallel_size=tensor_parallel_size,
+                limit_mm_per_prompt={"image": max_images, "video": 0},
+                logprobs_mode="raw_logprobs",
+                enable_prefix_caching=True,
+                # Images are normalised on the host by the processor, as in HF. vLLM's default for Qwen2.5-VL
+                # normalises on the device with buffers (mean/std) that `load_format="dummy"` fills with random
+                # numbers and that no checkpoint weight restores (they are not in the checkpoint).
+                mm_device_do_normalize=False,
+                enable_sleep_mode=enable_sleep_mode,
+                seed=seed,
+            )
         self._scale: float | None = None
         self._failed: str | None = None  # the first failure; the engine is not used after it
         self.sync_weights(model)

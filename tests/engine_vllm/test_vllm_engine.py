@@ -32,11 +32,25 @@ TOL = 1e-4
 MAX_LEN = 1024
 
 
+RNG_STATES = {}  # the global generators' states just before and after the engine started
+
+
+def rng_states() -> tuple:
+    import random
+
+    import numpy as np
+
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
 @pytest.fixture(scope="module")
 def setup():
     model, processor = build_tiny_model(size="S", seed=0)
     chat = ChatFormat(processor)
+    torch.manual_seed(1234)  # any state other than vLLM's seed (0)
+    RNG_STATES["before"] = rng_states()
     engine = VLLMEngine(model, processor, chat, max_images=4, max_model_len=MAX_LEN)
+    RNG_STATES["after"] = rng_states()
     yield model, processor, chat, engine
     engine.close()
 
@@ -58,6 +72,12 @@ def trainer_logprobs(model, chat, context: list[int], sampled: list[int], temper
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=False).logits[0, len(context) - 1 : -1].float() / temperature
     return torch.log_softmax(out, -1).gather(-1, torch.tensor(sampled)[:, None])[:, 0]
+
+
+def test_starting_the_engine_leaves_the_global_random_generators_as_they_were(setup):
+    """vLLM seeds random, numpy and torch at start-up; a resumed run restored them from its checkpoint."""
+    (t0, n0, r0), (t1, n1, r1) = RNG_STATES["before"], RNG_STATES["after"]
+    assert torch.equal(t0, t1) and (n0 == n1).all() and r0 == r1
 
 
 def test_greedy_text_turns_equal_hf_tokens_and_logprobs(setup):
