@@ -38,3 +38,7 @@ class BatchError(AgentGrpoError, ValueError):
 
 class StoreError(AgentGrpoError):
     """A run directory or stored trajectory could not be read or written."""
+
+
+class EngineError(AgentGrpoError):
+    """The rollout engine failed (raised, or its process died): the run stops; stored steps are kept."""

@@ -178,7 +178,7 @@ def build_engine(cfg: TrainConfig, policy, processor, chat: ChatFormat, max_imag
         max_model_len=v.max_model_len or cfg.rollout.max_total_tokens,
         gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager, dtype=v.dtype,
         tensor_parallel_size=v.tensor_parallel_size, cpu_kvcache_gib=v.cpu_kvcache_gib,
-        enable_sleep_mode=v.sleep_during_update, seed=v.seed,
+        enable_sleep_mode=v.sleep_during_update, sleep_level=v.sleep_level, seed=v.seed,
     )
 
 
@@ -254,6 +254,8 @@ class GRPORecipe:
         self.fsdp = plugin is not None and torch.distributed.is_initialized()
         if self.fsdp:  # rollouts and checkpoints use a full copy (`self.policy`), the update the shards
             self.policy = copy.deepcopy(model)
+            if cfg.rollout.engine == "vllm":  # vLLM generates from its own copy: this one only saves checkpoints
+                self.policy.to("cpu")
             model = shard_model(model, plugin)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_optimizer(trainable, cfg.optim, cfg.model, self.accelerator.num_processes)
@@ -391,7 +393,8 @@ class GRPORecipe:
                 if cfg.rollout.engine in ("vllm", "vllm-server"):  # the engine holds its own copy of the weights
                     if cfg.rollout.engine == "vllm" and cfg.rollout.vllm.sleep_during_update:
                         self.engine.wake_up()
-                    self.engine.sync_weights(self.policy)
+                    # Under FSDP straight from the shards, one gathered weight at a time (`full_weights`).
+                    self.engine.sync_weights(self.model if self.fsdp else self.policy)
                 t2 = time.perf_counter()
                 everyone = gather_object(all_sampled)  # every process's trajectories, in process order
                 info = mean_across(gather_object([info]))

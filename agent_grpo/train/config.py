@@ -121,7 +121,22 @@ class VLLMSection(_Strict):
     sleep_during_update: bool = Field(
         default=False, description="free vLLM's KV cache during the update (vLLM sleep mode; CUDA only)"
     )
-    seed: int = 0
+    sleep_level: Literal[1, 2] = Field(
+        default=1,
+        description="with sleep_during_update: 1 frees the KV cache and moves the engine's weights to host memory; "
+        "2 frees the weights too (safe here: the new weights are synced right after the wake-up)",
+    )
+    seed: int = Field(default=0, description="vLLM's engine seed; each request also gets its own seed from its "
+                      "trajectory id, so samples do not depend on the process (DDP rank) or batch")
+
+    @model_validator(mode="after")
+    def _sleep_level_needs_sleep(self):
+        if self.sleep_level != 1 and not self.sleep_during_update:
+            raise ValueError(
+                f"rollout.vllm.sleep_level={self.sleep_level} only applies with rollout.vllm.sleep_during_update: true; "
+                "set sleep_during_update: true (GPU only) or drop sleep_level"
+            )
+        return self
 
 
 class ServerSection(ServerSettings):

@@ -96,6 +96,13 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def gathered(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: an FSDP2 shard (DTensor) is all-gathered (a collective), a plain tensor is returned as is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 @torch.no_grad()
 def copy_full_weights(sharded: torch.nn.Module, full: torch.nn.Module) -> None:
     """Gather the trained weights of `sharded` into `full`, the generation copy (a collective).

@@ -47,10 +47,9 @@ def test_grpo_with_vllm_passes_batch_checks_and_resumes(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "reward" in r]
     assert [r["step"] for r in train_rows] == [1, 2]
-    for r in train_rows:  # the train/inference gap is logged every step
-        assert 0.0 <= r["gap/mean_abs"] <= r["gap/max_abs"] and r["gap/kl"] >= 0.0, r
-    # (Measured ~0.07 mean |diff| on these image prompts: vLLM's vision tower differs from HF's, see
-    # test_vllm_engine.py::test_multi_turn_tool_crop_trajectories_score_the_same_in_vllm_and_the_trainer.)
+    for r in train_rows:  # the train/inference gap is logged every step: float32 noise, images included
+        assert 0.0 <= r["gap/mean_abs"] <= r["gap/max_abs"] < 1e-3 and r["gap/kl"] >= 0.0, r
+    # (It was ~0.07 mean |diff| while vLLM normalised these images with random mean/std buffers.)
 
     chat = ChatFormat(load_processor(out / "checkpoints" / "step_000002" / "model"))
     store = RunStore.open(out / "trajectories")
