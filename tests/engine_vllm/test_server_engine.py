@@ -2,7 +2,7 @@
 
 One server per module (the tiny model; start-up ~10-60 s on a busy 2-core CPU). The trainer's side is
 this test process: its HF model is the reference (as in test_vllm_engine.py, tolerance 1e-4 on text
-logprobs; image prompts carry the known vision-tower caveat, xfail there and here).
+logprobs, image prompts included).
 """
 
 from __future__ import annotations
@@ -126,8 +126,6 @@ def test_multi_turn_rollouts_with_images_through_the_server(setup, zoom_env):
     assert trajs[0].segments[1].token_ids != trajs[1].segments[1].token_ids  # group members sample apart
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="vLLM 0.32 (CPU) Qwen2.5-VL vision tower differs from "
-                   "HF's on the tiny model (test_vllm_engine.py::test_multi_turn_tool_crop_trajectories_...)")
 def test_multi_turn_image_logprobs_match_the_trainer(setup, zoom_env):
     model, chat, engine = setup
     config = RolloutConfig(group_size=2, max_total_tokens=1024, sampling=SamplingParams(max_new_tokens=12))
