@@ -39,7 +39,7 @@ class VLLMStepEngine:
     def __init__(self, engine: VLLMEngine, extra_args: ExtraArgs | None = None):
         self.engine = engine
         self.extra_args = extra_args
-        self._live: dict[str, tuple[str, int]] = {}  # vLLM request id -> (handle, token limit)
+        self._live: dict[str, tuple[str, int, str]] = {}  # vLLM request id -> (handle, token limit, internal id)
         self._ready: list[tuple[str, GenResult]] = []  # answered without the engine (no room left)
 
     @classmethod
@@ -103,25 +103,29 @@ class VLLMStepEngine:
             detokenize=bool(e.stop_texts),
             extra_args=self.extra_args(request) if self.extra_args else None,
         )
-        (request_id,) = e.llm.enqueue([prompt], [vparams], use_tqdm=False)
-        self._live[request_id] = (handle, limit)
+        (internal,) = e.llm.enqueue([prompt], [vparams], use_tqdm=False)
+        # `enqueue` returns the engine's internal id (the request id plus a random suffix); outputs carry the other.
+        self._live[internal.rsplit("-", 1)[0]] = (handle, limit, internal)
 
     def step(self) -> list[tuple[str, GenResult]]:
         out, self._ready = self._ready, []
         if not self._live:
             return out
+        if not self.engine.llm.llm_engine.has_unfinished_requests():
+            raise RuntimeError(f"vLLM holds none of the {len(self._live)} requests in flight (were they aborted "
+                               "elsewhere, or the engine reset?); the rollout cannot finish them")
         for output in self.engine.llm.llm_engine.step():
             if not output.finished or output.request_id not in self._live:
                 continue
-            handle, limit = self._live.pop(output.request_id)
+            handle, limit, _ = self._live.pop(output.request_id)
             out.append((handle, self.engine._finish(output.outputs[0], limit)))
         return out
 
     def abort(self, handles: list[str]) -> None:
         drop = set(handles)
-        ids = [rid for rid, (h, _) in self._live.items() if h in drop]
+        ids = [rid for rid, (h, _, _) in self._live.items() if h in drop]
         if ids:
-            self.engine.llm.llm_engine.abort_request(ids)
+            self.engine.llm.llm_engine.abort_request([self._live[rid][2] for rid in ids], internal=True)
         for rid in ids:
             del self._live[rid]
         self._ready = [r for r in self._ready if r[0] not in drop]
@@ -129,3 +133,40 @@ class VLLMStepEngine:
     @property
     def in_flight(self) -> int:
         return len(self._live) + len(self._ready)
+
+
+_SCRIPTED = None
+
+
+def scripted_tokens_processor():
+    """A vLLM logits processor class that makes a request write given token ids (for tests and benchmarks).
+
+    The vLLM counterpart of `HFEngine(logits_processors=...)`: a request whose `extra_args` hold
+    `scripted_ids` can only sample those, in order (then the last one); the recorded logprobs stay the
+    model's raw ones. Give it to `vllm.LLM(logits_processors=[...])` and attach the ids per request with
+    `VLLMStepEngine(extra_args=...)`.
+    """
+    global _SCRIPTED
+    if _SCRIPTED is None:
+        import torch
+        from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+
+        class ScriptedTokens(AdapterLogitsProcessor):
+            def is_argmax_invariant(self) -> bool:
+                return False
+
+            def new_req_logits_processor(self, params):
+                ids = (params.extra_args or {}).get("scripted_ids")
+                if not ids:
+                    return None
+
+                def force(output_ids, logits):
+                    n = len(output_ids)
+                    out = torch.full_like(logits, float("-inf"))
+                    out[ids[n] if n < len(ids) else ids[-1]] = 0.0
+                    return out
+
+                return force
+
+        _SCRIPTED = ScriptedTokens
+    return _SCRIPTED

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from scheduler_fixtures import wait, wait_call
+from wait_tools import wait, wait_call
 from zoom_fixtures import ForceScript, ZoomEnv, zoom_call
 
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams, ScriptedEngine

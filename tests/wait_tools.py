@@ -1,4 +1,4 @@
-"""Tools with latency, at module level so tool workers can import them (a uniquely named module)."""
+"""A tool with latency, at module level so tool workers can import it (shared by the scheduler tests)."""
 
 from __future__ import annotations
 
