@@ -138,7 +138,7 @@ def run_mode(mode, driver, tasks, model, optimizer, chat, env, sync, busy, args)
             box: dict = {}
             background = None
             if s + 1 < args.steps:
-                def work(s=s):
+                def work(s=s, box=box):
                     t = time.perf_counter()
                     box["trajs"] = rollout(s + 1)
                     box["s"] = time.perf_counter() - t

@@ -46,7 +46,14 @@ from agent_grpo import pixels
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
 from agent_grpo.models.chat import ChatFormat
-from agent_grpo.recipes.prefetch import Prefetch, Rollout, check_pipelining, drop_pending, load_pending, store_pending
+from agent_grpo.recipes.prefetch import (
+    Prefetch,
+    Rollout,
+    check_pipelining,
+    drop_pending,
+    load_pending,
+    store_pending,
+)
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver
 from agent_grpo.store import ImagePolicy, RunMeta, RunStore
 from agent_grpo.train.advantages import group_advantages, select_groups

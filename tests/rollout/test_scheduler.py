@@ -150,3 +150,33 @@ def test_batch_engine_without_a_step_api_times_out_the_same_way(tiny):
             rollout(env, chat, engine, "trajectory", group_size=2, n_tasks=1, turn_timeout_s=1.0)
     finally:
         env.shutdown()
+
+
+class NeverDone:
+    """A step engine whose requests never finish (an overloaded or stuck server)."""
+
+    def __init__(self):
+        self.aborted: list[str] = []
+
+    def generate(self, requests, params):
+        raise AssertionError("not used by the trajectory schedule")
+
+    def update_weights(self, state_dict):
+        pass
+
+    def submit(self, handle, request, params):
+        pass
+
+    def step(self):
+        time.sleep(0.01)
+        return []
+
+    def abort(self, handles):
+        self.aborted += handles
+
+
+def test_a_request_that_never_returns_stops_the_rollout_and_is_aborted(tiny, env):
+    engine = NeverDone()
+    with pytest.raises(RolloutTimeout, match=r"the engine did not return turn 0 within rollout turn_timeout_s=0.5 s"):
+        rollout(env, tiny[2], engine, "trajectory", group_size=2, n_tasks=1, turn_timeout_s=0.5)
+    assert sorted(engine.aborted) == ["s3-train-0-0#0", "s3-train-0-1#0"]  # nothing left running in the engine
