@@ -88,12 +88,13 @@ def test_scripted_continuous_schedule_equals_batch_token_for_token_and_image_for
 
 def test_tool_calls_of_different_trajectories_overlap(tiny, env):
     chat = tiny[2]
-    plan = [wait_call(0.3), ANSWER]
+    plan = [wait_call(0.4), ANSWER]
     engine = BatchedStepEngine(ScriptedEngine(lambda r: plan[min(r.turn, 1)], chat))
+    rollout(env, chat, engine, "trajectory", group_size=4, n_tasks=1)  # the four tool workers start (seconds)
     trajs, _ = rollout(env, chat, engine, "trajectory", group_size=4, n_tasks=1)
     spans = [(r.metrics["start"], r.metrics["end"]) for t in trajs for r in t.tool_results]
     assert len(spans) == 4
-    # Each call sleeps 0.3 s; one at a time they would not overlap at all.
+    # Each call sleeps 0.4 s; one at a time they would not overlap at all.
     assert max(s for s, _ in spans) < min(e for _, e in spans)
 
 
