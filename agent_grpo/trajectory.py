@@ -118,6 +118,9 @@ class Trajectory(BaseModel):
     group_id: str
     sample_index: int = 0
     step: int | None = None
+    policy_version: int | None = Field(
+        default=None, description="optimizer updates applied to the weights that sampled it (None: not recorded)"
+    )
     messages: list[Message] = Field(default_factory=list)
     turns: list[Turn] = Field(default_factory=list)
     images: list[ImagePart] = Field(default_factory=list, description="every image, by observation index")

@@ -18,11 +18,17 @@ scheduler, RNG states and the data position, so a resumed run reproduces an unin
 
 FSDP (`train/fsdp.py`): the trained module is sharded; each process rolls out with a full-weight copy
 (`self.policy`) that is refreshed after every update and is also what checkpoints save.
+
+Pipelining (`rollout.max_staleness: 1`, `prefetch.py`): step k+1's rollout runs on a background thread
+while step k's update runs, with the weights before that update (the HF engine then generates with a
+copy of the policy, refreshed at each step boundary); it is joined, and the weights synced, at the step
+boundary. Each trajectory records the policy version that sampled it.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -43,6 +49,14 @@ from agent_grpo import pixels
 from agent_grpo.envs.registry import make_env
 from agent_grpo.errors import ConfigError
 from agent_grpo.models.chat import ChatFormat
+from agent_grpo.recipes.prefetch import (
+    Prefetch,
+    Rollout,
+    check_pipelining,
+    drop_pending,
+    load_pending,
+    store_pending,
+)
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver
 from agent_grpo.store import ImagePolicy, RunMeta, RunStore
 from agent_grpo.train.advantages import group_advantages, select_groups
@@ -228,6 +242,7 @@ class GRPORecipe:
         self.is_main = self.accelerator.is_main_process
         check_processes(cfg, self.accelerator)
         check_engine(cfg)
+        check_pipelining(cfg, self.world)
         if self.is_main:
             cfg.out_dir.mkdir(parents=True, exist_ok=True)
             (cfg.out_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
@@ -276,10 +291,22 @@ class GRPORecipe:
             self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
             self.policy = self.accelerator.unwrap_model(self.model)
         pixels.configure(cfg.memory.decoded_images_mb, cfg.memory.model_views_mb)
-        self.engine = build_engine(cfg, self.policy, self.processor, self.chat, self.env.budget.max_images, self.is_main)
+        # ---- pipelining (rollout.max_staleness): the HF engine generates with a copy while the policy trains ----
+        self.rollout_policy = self.policy
+        if cfg.rollout.max_staleness and cfg.rollout.engine == "hf" and not self.fsdp:
+            self.rollout_policy = copy.deepcopy(self.policy).eval()
+        self.prefetched: Rollout | None = None  # the next step's rollout, sampled during this step's update
+        if cfg.rollout.max_staleness:
+            self.prefetched = load_pending(cfg.out_dir, self.step + 1)
+            if self.prefetched is not None and self.is_main:
+                self.console.print(f"step {self.step + 1}'s rollout, sampled before the stop, is reused")
+        # ---- end pipelining ----
+        self.engine = build_engine(cfg, self.rollout_policy, self.processor, self.chat, self.env.budget.max_images,
+                                   self.is_main)
         rollout = RolloutConfig(
             group_size=cfg.rollout.group_size, max_total_tokens=cfg.rollout.max_total_tokens,
-            sampling=cfg.rollout.sampling,
+            sampling=cfg.rollout.sampling, schedule=cfg.rollout.schedule, env_threads=cfg.rollout.env_threads,
+            turn_timeout_s=cfg.rollout.turn_timeout_s,
         )
         self.driver = RolloutDriver(self.env, self.engine, self.chat, rollout)
         self.store = self.logger = None
@@ -370,6 +397,14 @@ class GRPORecipe:
             t.advantage = a
         return all_sampled, kept, info
 
+    def sample(self, step: int, policy_version: int) -> Rollout:
+        """`rollout_step` with each trajectory stamped with the policy version (updates applied) that sampled it."""
+        t0 = time.perf_counter()
+        all_sampled, kept, info = self.rollout_step(step)
+        for t in all_sampled:
+            t.policy_version = policy_version
+        return Rollout(sampled=all_sampled, kept=kept, info=info, gen_s=time.perf_counter() - t0)
+
     def train(self) -> None:
         cfg = self.cfg
         with StepProgress("GRPO", cfg.steps, self.step, self.console, bar=self.show_progress,
@@ -377,7 +412,13 @@ class GRPORecipe:
             while self.step < cfg.steps:
                 step = self.step + 1  # the step being made, counted from 1 like metrics and checkpoints
                 t0 = time.perf_counter()
-                all_sampled, kept, info = self.rollout_step(step)
+                # ---- pipelining: this step's rollout may have been sampled during the previous update ----
+                batch, self.prefetched = self.prefetched or self.sample(step, self.step), None
+                all_sampled, kept, info = batch.sampled, batch.kept, batch.info
+                background = None
+                if cfg.rollout.max_staleness and step < cfg.steps:  # the next step's, with the weights of now
+                    background = Prefetch(functools.partial(self.sample, step + 1, self.step))
+                # ---- end pipelining ----
                 t1 = time.perf_counter()
                 if cfg.rollout.engine == "vllm" and cfg.rollout.vllm.sleep_during_update:
                     self.engine.sleep()  # frees the KV cache (and offloads the engine's weights) for the update
@@ -388,6 +429,14 @@ class GRPORecipe:
                     max_completion_length=cfg.rollout.sampling.max_new_tokens * self.env.budget.max_turns,
                     packing=cfg.optim.packing, head_chunk_tokens=cfg.optim.head_chunk_tokens,
                 )
+                # ---- pipelining: the step boundary (the next rollout is done before any weight moves) ----
+                t_update = time.perf_counter()
+                if background is not None:
+                    self.prefetched = background.result()
+                prefetch_wait_s = time.perf_counter() - t_update
+                if self.rollout_policy is not self.policy:
+                    self.rollout_policy.load_state_dict(self.policy.state_dict())
+                # ---- end pipelining ----
                 if self.fsdp:  # the next rollout samples from the new weights
                     copy_full_weights(self.model, self.policy)
                 if cfg.rollout.engine in ("vllm", "vllm-server"):  # the engine holds its own copy of the weights
@@ -403,6 +452,12 @@ class GRPORecipe:
                 metrics = {**trajectory_metrics(everyone), **info, **update,
                            "time/rollout_s": t1 - t0, "time/update_s": t2 - t1}
                 metrics["time/tools_s"] = sum(t.metrics.get("time_env_s", 0.0) for t in everyone)
+                # ---- pipelining metrics ----
+                metrics["staleness"] = sum(step - 1 - t.policy_version for t in kept) / max(1, len(kept))
+                metrics["time/rollout_gen_s"] = batch.gen_s  # generation itself (in the background when prefetched)
+                metrics["time/prefetch_wait_s"] = prefetch_wait_s  # the update waiting for the next rollout
+                metrics["time/step_s"] = time.perf_counter() - t0
+                # ---- end pipelining metrics ----
                 metrics.update(memory_metrics(self.engine))
                 if self.is_main:
                     # A resumed run repeats the steps after its checkpoint; the stopped run may have stored them.
@@ -411,7 +466,11 @@ class GRPORecipe:
                     for warning in self.monitor.check(metrics):
                         bar.print(f"[yellow]warning:[/] {warning}")
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    if self.prefetched is not None and self.is_main:  # pipelining: resumable only with it
+                        store_pending(cfg.out_dir, self.step + 1, self.prefetched)
                     self.save()
+                    if self.is_main:
+                        drop_pending(cfg.out_dir, self.step)
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
                     evaluation = self.evaluate()
                     if self.is_main:

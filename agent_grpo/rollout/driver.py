@@ -8,12 +8,16 @@ Per turn, every unfinished trajectory of the batch goes to the engine in one cal
    segment. Templates that are not prefix-preserving fail loudly here, never silently.
 A trajectory whose next context would pass `max_total_tokens` ends as truncated *before* the
 injection, so no image is ever left with its tokens cut.
+
+`schedule: trajectory` runs the same three steps per trajectory as soon as its own turn is back
+(`scheduler.py`): tools overlap decoding, and the next turn is submitted at once.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
@@ -41,6 +45,16 @@ class RolloutConfig(BaseModel):
     max_total_tokens: int = Field(default=2048, ge=16, description="prompt + all turns, per trajectory")
     max_batch_size: int = Field(default=64, ge=1, description="sequences per engine call")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    schedule: Literal["batch", "trajectory"] = Field(
+        default="batch",
+        description="batch: every turn waits for the whole batch; trajectory: each trajectory advances on its own "
+        "(scheduler.py); same trajectories for the same seed",
+    )
+    env_threads: int = Field(default=8, ge=1, description="trajectory schedule: environment steps (tool calls) at once")
+    turn_timeout_s: float = Field(
+        default=600.0, gt=0, description="trajectory schedule: longest wait for one engine turn or one environment "
+        "step (tools have their own, shorter time-outs) before the rollout stops with an error",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RolloutConfig:
@@ -77,6 +91,7 @@ class RolloutDriver:
         self.config = config or RolloutConfig()
         self.tool_schemas = [t.json_schema() for t in env.tools] or None
         self._vision: VisionCache | None = None  # views made in the current rollout
+        self.schedule_stats = None  # `scheduler.ScheduleStats` of the last trajectory-scheduled rollout
 
     def rollout(
         self, tasks: list[Task], step: int | None = None, seed: int = 0, tag: str | None = None
@@ -98,19 +113,28 @@ class RolloutDriver:
                 ep.trajectory.step = step
                 lives.append(self._start(ep))
 
-        turn = 0
-        while active := [lv for lv in lives if not lv.episode.done]:
-            params = cfg.sampling.model_copy(update={"seed": seed * 100_003 + turn})
-            for chunk_start in range(0, len(active), cfg.max_batch_size):
-                chunk = active[chunk_start : chunk_start + cfg.max_batch_size]
-                self._turn(chunk, params, turn)
-            turn += 1
+        if cfg.schedule == "trajectory":
+            from agent_grpo.rollout.scheduler import run_per_trajectory
+
+            run_per_trajectory(self, lives, seed)
+        else:
+            turn = 0
+            while active := [lv for lv in lives if not lv.episode.done]:
+                params = self.turn_params(seed, turn)
+                for chunk_start in range(0, len(active), cfg.max_batch_size):
+                    chunk = active[chunk_start : chunk_start + cfg.max_batch_size]
+                    self._turn(chunk, params, turn)
+                turn += 1
         self._vision = None
 
         trajectories = [self._finish(lv) for lv in lives]
         for start in range(0, len(trajectories), cfg.group_size):
             self.env.score_group(trajectories[start : start + cfg.group_size])
         return trajectories
+
+    def turn_params(self, seed: int, turn: int) -> SamplingParams:
+        """Sampling of turn `turn`: engines derive each request's seed from it, the trajectory id and the turn."""
+        return self.config.sampling.model_copy(update={"seed": seed * 100_003 + turn})
 
     # ---- steps -----------------------------------------------------------------------------
 
@@ -127,30 +151,33 @@ class RolloutDriver:
         return live
 
     def _turn(self, chunk: list[_Live], params: SamplingParams, turn: int) -> None:
-        limit = self.config.max_total_tokens
-        requests = [
-            GenRequest(
-                token_ids=lv.token_ids, images=lv.views, key=lv.episode.trajectory.id, turn=turn,
-                max_new_tokens=min(params.max_new_tokens, limit - len(lv.token_ids)),
-            )
-            for lv in chunk
-        ]
+        requests = [self._request(lv, params, turn) for lv in chunk]
         t0 = time.perf_counter()
         results = self.engine.generate(requests, params)
         gen_s = (time.perf_counter() - t0) / len(chunk)
         for lv, res in zip(chunk, results, strict=True):
             lv.gen_s += gen_s
-            lv.segments.append(Segment(kind="sampled", token_ids=res.token_ids, logprobs=res.logprobs, turn=turn))
-            lv.token_ids = lv.token_ids + res.token_ids
-            sampled_text = self.chat.decode(res.token_ids)
-            lv.text += sampled_text
+            content = self._record(lv, res, turn)
             t1 = time.perf_counter()
-            # The message ends at the stop: the rest of a merged token that completed it is not message text.
-            content = _strip_end(text_before_stop(sampled_text, res.stop_text), self.chat.stop_strings)
             new_messages = self.env.step(lv.episode, content, truncated=res.finish_reason == "length")
             lv.env_s += time.perf_counter() - t1
             if not lv.episode.done:
                 self._inject(lv, new_messages, turn)
+
+    def _request(self, lv: _Live, params: SamplingParams, turn: int) -> GenRequest:
+        return GenRequest(
+            token_ids=lv.token_ids, images=lv.views, key=lv.episode.trajectory.id, turn=turn,
+            max_new_tokens=min(params.max_new_tokens, self.config.max_total_tokens - len(lv.token_ids)),
+        )
+
+    def _record(self, lv: _Live, res, turn: int) -> str:
+        """Append a sampled turn to the trajectory's tokens; returns the message text for the environment."""
+        lv.segments.append(Segment(kind="sampled", token_ids=res.token_ids, logprobs=res.logprobs, turn=turn))
+        lv.token_ids = lv.token_ids + res.token_ids
+        sampled_text = self.chat.decode(res.token_ids)
+        lv.text += sampled_text
+        # The message ends at the stop: the rest of a merged token that completed it is not message text.
+        return _strip_end(text_before_stop(sampled_text, res.stop_text), self.chat.stop_strings)
 
     def _inject(self, lv: _Live, new_messages, turn: int) -> None:
         ep = lv.episode

@@ -72,6 +72,7 @@ class _Worker:
     call: _Call | None = None
     call_start: float = 0.0
     cached: dict[str, None] = field(default_factory=dict)  # sha256 of the images it holds, oldest first
+    owner: object | None = None  # the `run` call using it; workers are never shared between two at once
 
     def kill(self) -> None:
         try:  # the whole process group: whatever the tool started goes too
@@ -112,7 +113,9 @@ class ToolWorkers:
         self.isolate = isolate
         self._workers: list[_Worker] = []
         self._refs: dict[Any, tuple[str, str] | None] = {}  # tool function -> import path (None: in-process)
-        self._lock = threading.Lock()  # one batch at a time: workers are not shared between batches
+        # Several `run` calls may be in flight (trajectories whose turns came back at different times, each
+        # from its own thread): each claims free workers under this lock and talks only to its own.
+        self._lock = threading.Condition()
         _ALL.add(self)
 
     # ---- public ----------------------------------------------------------------------------------
@@ -135,16 +138,16 @@ class ToolWorkers:
         threaded = [c for c in pending if not self.isolated(c.tool)]
         pending = deque(c for c in pending if self.isolated(c.tool))
         threads = [_ThreadCall(c) for c in threaded]
-        with self._lock:
-            self._run_isolated(pending, replies)
+        self._run_isolated(pending, replies)
         for t in threads:
             replies[t.call.index] = t.result()
         return replies  # type: ignore[return-value]
 
     def close(self) -> None:
-        for w in self._workers:
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for w in workers:
             w.kill()
-        self._workers = []
 
     def __del__(self):  # pragma: no cover - best effort; atexit covers interpreter exit
         try:
@@ -155,34 +158,74 @@ class ToolWorkers:
     # ---- internals -------------------------------------------------------------------------------
 
     def _run_isolated(self, pending: deque[_Call], replies: list[Reply | None]) -> None:
-        while pending or any(w.call for w in self._workers):
+        me = object()
+        mine: list[_Worker] = []  # the workers this call has claimed
+        try:
+            while pending or any(w.call for w in mine):
+                if pending and not self._claim(me, mine, len(pending)):
+                    continue  # every worker is busy with other calls: waited for one to be released
+                for w in mine:
+                    if pending and w.ready and w.call is None:
+                        self._dispatch(w, pending.popleft(), replies)
+                now = time.perf_counter()
+                deadlines = [w.call_start + w.call.limit_s for w in mine if w.call]
+                deadlines += [w.started + BOOT_TIMEOUT_S for w in mine if not w.ready]
+                if not deadlines:
+                    continue
+                for conn in wait([w.conn for w in mine], timeout=max(0.0, min(deadlines) - now)):
+                    w = next(w for w in mine if w.conn is conn)
+                    self._receive(w, pending, replies)
+                    if w not in self._workers:
+                        mine.remove(w)
+                now = time.perf_counter()
+                for w in list(mine):
+                    if w.call is not None and now - w.call_start >= w.call.limit_s:
+                        call = w.call
+                        replies[call.index] = Reply(
+                            error=f"{call.tool.name} timed out after {call.limit_s:g} s", kind="timeout",
+                            duration_s=call.limit_s,
+                        )
+                        self._retire(w)
+                        mine.remove(w)
+                    elif not w.ready and now - w.started >= BOOT_TIMEOUT_S:
+                        self._retire(w)
+                        mine.remove(w)
+                        self._fail_all(pending, replies, f"a tool worker did not start within {BOOT_TIMEOUT_S:g} s")
+                self._release(mine, keep=len(pending))
+        finally:
+            self._release(mine, keep=0)
+
+    def _claim(self, me: object, mine: list[_Worker], calls: int) -> bool:
+        """Claim free workers (or start new ones) for up to `calls` waiting calls; False if none could be had."""
+        with self._lock:
+            need = calls - sum(1 for w in mine if w.call is None)
             for w in self._workers:
-                if pending and w.ready and w.call is None:
-                    self._dispatch(w, pending.popleft(), replies)
-            waiting = len(pending) - sum(1 for w in self._workers if not w.ready)
-            while waiting > 0 and len(self._workers) < self.max_workers:
-                self._spawn()
-                waiting -= 1
-            now = time.perf_counter()
-            deadlines = [w.call_start + w.call.limit_s for w in self._workers if w.call]
-            deadlines += [w.started + BOOT_TIMEOUT_S for w in self._workers if not w.ready]
-            if not deadlines:
-                continue
-            for conn in wait([w.conn for w in self._workers], timeout=max(0.0, min(deadlines) - now)):
-                w = next(w for w in self._workers if w.conn is conn)
-                self._receive(w, pending, replies)
-            now = time.perf_counter()
-            for w in list(self._workers):
-                if w.call is not None and now - w.call_start >= w.call.limit_s:
-                    call = w.call
-                    replies[call.index] = Reply(
-                        error=f"{call.tool.name} timed out after {call.limit_s:g} s", kind="timeout",
-                        duration_s=call.limit_s,
-                    )
-                    self._retire(w)
-                elif not w.ready and now - w.started >= BOOT_TIMEOUT_S:
-                    self._retire(w)
-                    self._fail_all(pending, replies, f"a tool worker did not start within {BOOT_TIMEOUT_S:g} s")
+                if need <= 0:
+                    break
+                if w.owner is None:
+                    w.owner = me
+                    mine.append(w)
+                    need -= 1
+            while need > 0 and len(self._workers) < self.max_workers:
+                w = self._spawn()
+                w.owner = me
+                mine.append(w)
+                need -= 1
+            if not mine:
+                self._lock.wait(timeout=0.1)  # woken when another call releases a worker
+            return bool(mine)
+
+    def _release(self, mine: list[_Worker], keep: int) -> None:
+        """Hand back idle workers beyond the `keep` this call still needs, for other calls to claim."""
+        idle = [w for w in mine if w.call is None and (w.ready or keep == 0)]
+        spare = idle[keep:]
+        if not spare:
+            return
+        with self._lock:
+            for w in spare:
+                w.owner = None
+                mine.remove(w)
+            self._lock.notify_all()
 
     def _dispatch(self, w: _Worker, call: _Call, replies: list[Reply | None]) -> None:
         # Pixels travel once per worker (raw RGB bytes); the context goes without them.
@@ -253,7 +296,7 @@ class ToolWorkers:
             return
         replies[call.index] = Reply(output=output, state=header["state"], duration_s=duration)
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> _Worker:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         proc = subprocess.Popen(
@@ -264,11 +307,16 @@ class ToolWorkers:
         child.close()
         conn = Connection(parent.detach())
         conn.send_bytes(pickle.dumps([r for r in self._refs.values() if r is not None]))
-        self._workers.append(_Worker(proc=proc, conn=conn))
+        worker = _Worker(proc=proc, conn=conn)
+        self._workers.append(worker)
+        return worker
 
     def _retire(self, w: _Worker) -> None:
         w.kill()
-        self._workers.remove(w)
+        with self._lock:
+            if w in self._workers:
+                self._workers.remove(w)
+            self._lock.notify_all()  # room to start a replacement
 
     def _fail_all(self, pending: deque[_Call], replies: list[Reply | None], reason: str) -> None:
         while pending:

@@ -159,6 +159,19 @@ class RolloutSection(_Strict):
     )
     vllm: VLLMSection = Field(default_factory=VLLMSection)
     server: ServerSection = Field(default_factory=ServerSection)
+    # ---- asynchronous rollouts (issue 16: scheduling, pipelining) ----
+    schedule: Literal["batch", "trajectory"] = Field(
+        default="batch", description="trajectory: each trajectory advances as soon as its own turn is back, its tools "
+        "overlapping the others' decoding (vLLM decodes continuously; HF keeps one generate per turn)",
+    )
+    max_staleness: Literal[0, 1] = Field(
+        default=0, description="1: step k+1's rollouts are generated while step k's update runs (one policy version "
+        "behind, corrected by importance sampling against the recorded behaviour logprobs; needs loss.is_level)",
+    )
+    env_threads: int = Field(default=8, ge=1, description="schedule trajectory: environment steps (tools) at once")
+    turn_timeout_s: float = Field(
+        default=600.0, gt=0, description="schedule trajectory: longest wait for one engine turn or environment step",
+    )
 
 
 class LossConfig(_Strict):

@@ -257,5 +257,11 @@ def grpo_loss(
             metrics["gap/max_abs"] = d.abs().max()
             metrics["gap/kl"] = ((d.exp() - 1 - d) * mask).sum() / denom  # k3 estimate of KL(engine || trainer)
         if is_w is not None:
-            metrics["is_weight"] = is_w.mean() if is_level == "sequence" else (is_w * mask).sum() / denom
+            if is_level == "sequence":
+                metrics["is_weight"], metrics["is_weight/max"] = is_w.mean(), is_w.max()
+                metrics["is_weight/clipped"] = (d.sum(-1).exp() > is_cap).float().mean()  # share of rows at the cap
+            else:
+                metrics["is_weight"] = (is_w * mask).sum() / denom
+                metrics["is_weight/max"] = (is_w * mask).max()
+                metrics["is_weight/clipped"] = ((d.exp() > is_cap) * mask).sum() / denom  # share of tokens at the cap
     return loss, metrics
