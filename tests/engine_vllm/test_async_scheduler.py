@@ -22,6 +22,8 @@ from zoom_fixtures import ZoomEnv, zoom_call  # noqa: E402
 from agent_grpo.models.chat import ChatFormat  # noqa: E402
 from agent_grpo.models.tiny import build_tiny_model  # noqa: E402
 from agent_grpo.rollout import RolloutConfig, RolloutDriver, SamplingParams  # noqa: E402
+from agent_grpo.rollout.batch import assemble_batch  # noqa: E402
+from agent_grpo.rollout.logprobs import forward_logprobs  # noqa: E402
 from agent_grpo.rollout.scheduler import step_engine_for  # noqa: E402
 from agent_grpo.rollout.vllm_async import VLLMStepEngine, scripted_tokens_processor  # noqa: E402
 from agent_grpo.rollout.vllm_engine import VLLMEngine, import_vllm  # noqa: E402
@@ -97,6 +99,13 @@ def test_scripted_tool_trajectories_equal_in_both_schedules_token_for_token(setu
     assert {len(t.images) for t in ours} == {1, 2, 3}
     assert all(t.termination == Termination.ANSWERED for t in ours)
     assert driver.schedule_stats.engine_steps > 0
+    model = setup[0]
+    for t in ours:  # the step loop's logprobs are the trainer's, tool images included (up to 3 per trajectory)
+        batch = assemble_batch([t], chat, env.budget)
+        with torch.no_grad():
+            lp, _ = forward_logprobs(model, batch)
+        theirs = torch.tensor([x for s in t.segments if s.kind == "sampled" for x in s.logprobs])
+        assert (theirs - lp[0][batch.loss_mask[0].bool()]).abs().max() < 1e-4, t.id
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(greedy=True, max_new_tokens=24),
