@@ -82,7 +82,13 @@ from agent_grpo.rewards import (
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S
 from agent_grpo.trajectory import Task, Trajectory
-from agent_grpo_envs._common import DatasetError, GeneratedTasks, compose_panel, parse_split
+from agent_grpo_envs._common import (
+    DatasetError,
+    GeneratedTasks,
+    compose_panel,
+    full_image_budget,
+    parse_split,
+)
 
 if TYPE_CHECKING:
     from agent_grpo_envs.deepeyes.parquet_rows import ParquetRows
@@ -175,8 +181,7 @@ class DeepEyesEnv(Environment):
     # ---- override points -------------------------------------------------------------------
 
     def default_budget(self) -> VisualBudget:
-        # DeepEyes: up to 6 turns; Qwen2.5-VL's usual 1,024-token image cap, the image plus several zooms.
-        return VisualBudget(max_turns=6, max_images=6, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=6 * 1024)
+        return full_image_budget(turns=6)  # DeepEyes: up to 6 turns, the image plus several zooms
 
     def default_rubric(self) -> Rubric:
         if self.config.reward == "judge":

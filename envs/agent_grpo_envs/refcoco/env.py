@@ -62,6 +62,7 @@ from agent_grpo_envs._common import (
     JsonlRows,
     compose_panel,
     draw_box,
+    full_image_budget,
     image_path,
     load_task_image,
     parse_split,
@@ -140,7 +141,7 @@ class RefCocoEnv(Environment):
 
     def default_budget(self) -> VisualBudget:
         # One turn; COCO images (640x480) are shown whole, so the model's pixel frame is the original's.
-        return VisualBudget(max_turns=1, max_images=1, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=1024)
+        return full_image_budget(turns=1)
 
     def default_rubric(self) -> Rubric:
         threshold = self.config.iou_threshold
