@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -218,6 +218,13 @@ def parse_split(split: str, splits: Sequence[str]) -> str:
     if split not in splits:
         raise ValueError(f"unknown split {split!r}; this environment has {list(splits)}")
     return split
+
+
+def check_data_splits(data: Mapping[str, Any], splits: Sequence[str]) -> None:
+    """A `data` option (split -> file) may name only the environment's splits."""
+    unknown = set(data) - set(splits)
+    if unknown:
+        raise ValueError(f"data: unknown split(s) {sorted(unknown)}; this environment has {list(splits)}")
 
 
 class DatasetError(AgentGrpoError, ValueError):

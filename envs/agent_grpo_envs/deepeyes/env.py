@@ -85,6 +85,7 @@ from agent_grpo.trajectory import Task, Trajectory
 from agent_grpo_envs._common import (
     DatasetError,
     GeneratedTasks,
+    check_data_splits,
     compose_panel,
     full_image_budget,
     parse_split,
@@ -173,9 +174,7 @@ class DeepEyesEnv(Environment):
         if data is not None:
             options["data"] = data
         self.config = DeepEyesConfig.model_validate(options)
-        unknown = set(self.config.data) - set(self.splits)
-        if unknown:
-            raise ValueError(f"data: unknown split(s) {sorted(unknown)}; this environment has {list(self.splits)}")
+        check_data_splits(self.config.data, self.splits)
         super().__init__(budget=budget, tools=tools, rubric=rubric, allow_tools=allow_tools, tool_timeout_s=tool_timeout_s)
 
     # ---- override points -------------------------------------------------------------------

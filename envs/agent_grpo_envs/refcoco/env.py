@@ -60,6 +60,7 @@ from agent_grpo_envs._common import (
     DatasetError,
     GeneratedTasks,
     JsonlRows,
+    check_data_splits,
     compose_panel,
     draw_box,
     full_image_budget,
@@ -134,9 +135,7 @@ class RefCocoEnv(Environment):
         if data is not None:
             options["data"] = data
         self.config = RefCocoConfig.model_validate(options)
-        unknown = set(self.config.data) - set(self.splits)
-        if unknown:
-            raise ValueError(f"data: unknown split(s) {sorted(unknown)}; this environment has {list(self.splits)}")
+        check_data_splits(self.config.data, self.splits)
         super().__init__(budget=budget, tools=tools, rubric=rubric, allow_tools=allow_tools, tool_timeout_s=tool_timeout_s)
 
     def default_budget(self) -> VisualBudget:
