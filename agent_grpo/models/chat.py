@@ -92,13 +92,12 @@ def tools_chat_template(family: str = "qwen2_5_vl") -> str:
     return family_named(family).chat_template()
 
 
-class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
-    """`Qwen2_5_VLProcessor` without a video processor.
+class _ImageOnly:
+    """Mixed in before a Qwen-VL processor class: build it without a video processor.
 
     Without torchvision transformers has no video processor, and `Qwen2_5_VLProcessor(...)` fails
-    checking the missing one; this subclass declares only the image processor and the tokenizer.
-    Checkpoints are saved with `processor_class: Qwen2_5_VLProcessor` (see `loading.save_processor`),
-    so other tools (vLLM) load them as ordinary Qwen2.5-VL checkpoints.
+    checking the missing one. transformers reads a processor's parts from its `__init__` signature, so this
+    one names only the image processor and the tokenizer.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -111,17 +110,16 @@ class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
         )
 
 
-class Qwen3VLImageTextProcessor(Qwen3VLProcessor):
-    """`Qwen3VLProcessor` without a video processor (see `Qwen2_5_VLImageTextProcessor`)."""
+class Qwen2_5_VLImageTextProcessor(_ImageOnly, Qwen2_5_VLProcessor):
+    """`Qwen2_5_VLProcessor` without a video processor.
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-            **kwargs,
-        )
+    Checkpoints are saved with `processor_class: Qwen2_5_VLProcessor` (see `loading.save_processor`),
+    so other tools (vLLM) load them as ordinary Qwen2.5-VL checkpoints.
+    """
+
+
+class Qwen3VLImageTextProcessor(_ImageOnly, Qwen3VLProcessor):
+    """`Qwen3VLProcessor` without a video processor (see `Qwen2_5_VLImageTextProcessor`)."""
 
 
 def build_processor(

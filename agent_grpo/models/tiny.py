@@ -33,7 +33,7 @@ from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
 from agent_grpo.images import FACTOR
 from agent_grpo.models.chat import Qwen2_5_VLImageTextProcessor, Qwen3VLImageTextProcessor, build_processor
-from agent_grpo.models.family import QWEN2_5_VL, QWEN3_VL, family_named
+from agent_grpo.models.family import QWEN2_5_VL, QWEN3_VL, ModelFamily, family_named
 from agent_grpo.models.tokenizer import build_tokenizer
 
 TINY_MIN_PIXELS = 4 * FACTOR * FACTOR  # 56 x 56: 4 visual tokens
@@ -113,52 +113,64 @@ def init_fan_in(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def tiny_config(size: str, vocab_size: int, token_ids: dict[str, int]) -> Qwen2_5_VLConfig:
-    """A small `Qwen2_5_VLConfig`; `token_ids` maps Qwen's special tokens to this tokenizer's ids."""
+def tiny_config(
+    size: str, vocab_size: int, token_ids: dict[str, int], family: ModelFamily = QWEN2_5_VL
+) -> Qwen2_5_VLConfig | Qwen3VLConfig:
+    """A small config of `family` (Qwen2.5-VL or Qwen3-VL, the same widths for both; Qwen3-VL's layout is in
+    the module docstring); `token_ids` maps Qwen's special tokens to this tokenizer's ids."""
     if size not in SIZES:
         raise ValueError(f"unknown tiny model size {size!r}; choose one of {sorted(SIZES)}")
+    if family not in (QWEN2_5_VL, QWEN3_VL):
+        raise ValueError(f"the tiny model is built as qwen2_5_vl or qwen3_vl, not {family.name!r}")
     s = SIZES[size]
     head_dim = s.hidden // s.heads
-    return Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": s.hidden,
-            "intermediate_size": s.intermediate,
-            "num_hidden_layers": s.layers,
-            "num_attention_heads": s.heads,
-            "num_key_value_heads": s.kv_heads,
-            "max_position_embeddings": 8192,
-            "max_window_layers": s.layers,
-            "rms_norm_eps": 1e-6,
-            # Short sequences: theta 1e4 leaves more of the few frequencies useful than Qwen's 1e6.
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": mrope_section(head_dim),
-            },
-            "bos_token_id": token_ids["<|endoftext|>"],
-            "eos_token_id": token_ids["<|im_end|>"],
-            "pad_token_id": token_ids["<|endoftext|>"],
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": s.hidden,
+        "intermediate_size": s.intermediate,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6,
+        # Short sequences: theta 1e4 leaves more of the few frequencies useful than Qwen's 1e6.
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": family.mrope_section(head_dim),
         },
-        vision_config={
-            "depth": s.vision_depth,
-            "hidden_size": s.vision_hidden,
-            "intermediate_size": s.vision_intermediate,
-            "num_heads": s.vision_heads,
-            "out_hidden_size": s.hidden,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": fullatt_blocks(s.vision_depth),
-            "tokens_per_second": 2,
-        },
-        image_token_id=token_ids["<|image_pad|>"],
-        video_token_id=token_ids["<|video_pad|>"],
-        vision_start_token_id=token_ids["<|vision_start|>"],
-        vision_end_token_id=token_ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+        "bos_token_id": token_ids["<|endoftext|>"],
+        "eos_token_id": token_ids["<|im_end|>"],
+        "pad_token_id": token_ids["<|endoftext|>"],
+    }
+    special = {
+        "image_token_id": token_ids["<|image_pad|>"],
+        "video_token_id": token_ids["<|video_pad|>"],
+        "vision_start_token_id": token_ids["<|vision_start|>"],
+        "vision_end_token_id": token_ids["<|vision_end|>"],
+    }
+    if family is QWEN3_VL:  # Qwen3 names head_dim explicitly; its rotary sections interleave
+        text["head_dim"] = head_dim
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision = _qwen3_vision(
+            s.vision_depth, s.vision_hidden, s.vision_heads, s.vision_intermediate, s.hidden, s.layers
+        )
+        return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **special)
+    text["max_window_layers"] = s.layers
+    vision = {
+        "depth": s.vision_depth,
+        "hidden_size": s.vision_hidden,
+        "intermediate_size": s.vision_intermediate,
+        "num_heads": s.vision_heads,
+        "out_hidden_size": s.hidden,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": fullatt_blocks(s.vision_depth),
+        "tokens_per_second": 2,
+    }
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **special)
 
 
 def build_tiny_model(
@@ -170,8 +182,6 @@ def build_tiny_model(
     given the checkpoint is saved there (model, generation config, tokenizer, image processor, template).
     """
     fam = family_named(family)
-    if fam.name not in (QWEN2_5_VL.name, QWEN3_VL.name):
-        raise ValueError(f"the tiny model is built as qwen2_5_vl or qwen3_vl, not {fam.name!r}")
     tokenizer = build_tokenizer()
     names = [
         "<|endoftext|>",
@@ -182,7 +192,7 @@ def build_tiny_model(
         "<|vision_end|>",
     ]
     token_ids = dict(zip(names, tokenizer.convert_tokens_to_ids(names), strict=True))
-    config = (tiny_config if fam is QWEN2_5_VL else tiny_config_qwen3_vl)(size, len(tokenizer), token_ids)
+    config = tiny_config(size, len(tokenizer), token_ids, fam)
     with torch.random.fork_rng(devices=[]):  # the stock init draws from the global RNG; keep callers' state
         model = fam.model_cls(config)
     init_fan_in(model, seed)
@@ -204,44 +214,6 @@ def build_tiny_model(
     if out_dir is not None:
         save_checkpoint(model, processor, out_dir)
     return model, processor
-
-
-def tiny_config_qwen3_vl(size: str, vocab_size: int, token_ids: dict[str, int]) -> Qwen3VLConfig:
-    """A small `Qwen3VLConfig` of the same widths as `tiny_config` (Qwen3-VL's layout, see the module docstring)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown tiny model size {size!r}; choose one of {sorted(SIZES)}")
-    s = SIZES[size]
-    head_dim = s.hidden // s.heads
-    return Qwen3VLConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": s.hidden,
-            "intermediate_size": s.intermediate,
-            "num_hidden_layers": s.layers,
-            "num_attention_heads": s.heads,
-            "num_key_value_heads": s.kv_heads,
-            "head_dim": head_dim,
-            "max_position_embeddings": 8192,
-            "rms_norm_eps": 1e-6,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": QWEN3_VL.mrope_section(head_dim),
-                "mrope_interleaved": True,
-            },
-            "bos_token_id": token_ids["<|endoftext|>"],
-            "eos_token_id": token_ids["<|im_end|>"],
-            "pad_token_id": token_ids["<|endoftext|>"],
-        },
-        vision_config=_qwen3_vision(
-            s.vision_depth, s.vision_hidden, s.vision_heads, s.vision_intermediate, s.hidden, s.layers
-        ),
-        image_token_id=token_ids["<|image_pad|>"],
-        video_token_id=token_ids["<|video_pad|>"],
-        vision_start_token_id=token_ids["<|vision_start|>"],
-        vision_end_token_id=token_ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
 
 
 def _qwen3_vision(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
 from PIL import Image, ImageDraw
 
 from agent_grpo.boxes import Box
+from agent_grpo.budget import VisualBudget
 from agent_grpo.content import ImagePart
 from agent_grpo.errors import AgentGrpoError, ImageError
 from agent_grpo.images import load_image
@@ -205,10 +206,25 @@ def compose_panel(pictures: Sequence[tuple[str, Image.Image]], height: int = 448
     return panel
 
 
+def full_image_budget(turns: int) -> VisualBudget:
+    """`turns` turns and as many images, each within Qwen2.5-VL's usual 1,024-token image cap: the task image
+    shown whole (up to 1024 x 28 x 28 pixels) plus a zoom a turn."""
+    return VisualBudget(
+        max_turns=turns, max_images=turns, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=turns * 1024
+    )
+
+
 def parse_split(split: str, splits: Sequence[str]) -> str:
     if split not in splits:
         raise ValueError(f"unknown split {split!r}; this environment has {list(splits)}")
     return split
+
+
+def check_data_splits(data: Mapping[str, Any], splits: Sequence[str]) -> None:
+    """A `data` option (split -> file) may name only the environment's splits."""
+    unknown = set(data) - set(splits)
+    if unknown:
+        raise ValueError(f"data: unknown split(s) {sorted(unknown)}; this environment has {list(splits)}")
 
 
 class DatasetError(AgentGrpoError, ValueError):

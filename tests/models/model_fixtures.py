@@ -7,6 +7,19 @@ from pathlib import Path
 from PIL import Image
 
 QWEN_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "qwen2_5_vl_7b_instruct"
+# A tool schema as chat templates receive it (OpenAI function format).
+ZOOM = {
+    "type": "function",
+    "function": {
+        "name": "zoom_in",
+        "description": "Zoom into a region of an image.",
+        "parameters": {
+            "type": "object",
+            "properties": {"bbox_2d": {"type": "array", "items": {"type": "number"}}},
+            "required": ["bbox_2d"],
+        },
+    },
+}
 
 
 def make_image(width: int, height: int, colour: str = "red") -> Image.Image:

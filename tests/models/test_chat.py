@@ -5,7 +5,7 @@ import json
 import logging
 
 import pytest
-from model_fixtures import QWEN_FIXTURE, make_image
+from model_fixtures import QWEN_FIXTURE, ZOOM, make_image
 from pydantic import BaseModel
 
 from agent_grpo.content import ImagePart, Message, TextPart
@@ -20,18 +20,6 @@ from agent_grpo.models.chat import (
 from agent_grpo.models.loading import load_processor
 from agent_grpo.tools.api import ToolContext, ToolOutput, tool
 
-ZOOM = {
-    "type": "function",
-    "function": {
-        "name": "zoom_in",
-        "description": "Zoom into a region of an image.",
-        "parameters": {
-            "type": "object",
-            "properties": {"bbox_2d": {"type": "array", "items": {"type": "number"}}},
-            "required": ["bbox_2d"],
-        },
-    },
-}
 CALL_1 = '<tool_call>\n{"name": "zoom_in", "arguments": {"bbox_2d": [224, 448, 448, 672]}}\n</tool_call>'
 CALL_2 = (
     '<tool_call>\n{"name": "zoom_in", "arguments": {"bbox_2d": [0, 0, 56, 56], "image": 1}}\n</tool_call>'

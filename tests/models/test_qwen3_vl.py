@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import make_image
+from model_fixtures import ZOOM, make_image
 from transformers import AutoModelForImageTextToText, Qwen3VLForConditionalGeneration
 from zoom_fixtures import TWO_ZOOMS, ForceScript, ZoomEnv
 
@@ -39,18 +39,6 @@ from agent_grpo.tools import load_tools
 from agent_grpo.trajectory import Termination
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "qwen3_vl"
-ZOOM = {
-    "type": "function",
-    "function": {
-        "name": "zoom_in",
-        "description": "Zoom into a region of an image.",
-        "parameters": {
-            "type": "object",
-            "properties": {"bbox_2d": {"type": "array", "items": {"type": "number"}}},
-            "required": ["bbox_2d"],
-        },
-    },
-}
 CALL = '<tool_call>\n{"name": "zoom_in", "arguments": {"bbox_2d": [0, 0, 160, 160]}}\n</tool_call>'
 
 

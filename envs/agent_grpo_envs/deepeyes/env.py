@@ -82,7 +82,14 @@ from agent_grpo.rewards import (
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S
 from agent_grpo.trajectory import Task, Trajectory
-from agent_grpo_envs._common import DatasetError, GeneratedTasks, compose_panel, parse_split
+from agent_grpo_envs._common import (
+    DatasetError,
+    GeneratedTasks,
+    check_data_splits,
+    compose_panel,
+    full_image_budget,
+    parse_split,
+)
 
 if TYPE_CHECKING:
     from agent_grpo_envs.deepeyes.parquet_rows import ParquetRows
@@ -167,16 +174,13 @@ class DeepEyesEnv(Environment):
         if data is not None:
             options["data"] = data
         self.config = DeepEyesConfig.model_validate(options)
-        unknown = set(self.config.data) - set(self.splits)
-        if unknown:
-            raise ValueError(f"data: unknown split(s) {sorted(unknown)}; this environment has {list(self.splits)}")
+        check_data_splits(self.config.data, self.splits)
         super().__init__(budget=budget, tools=tools, rubric=rubric, allow_tools=allow_tools, tool_timeout_s=tool_timeout_s)
 
     # ---- override points -------------------------------------------------------------------
 
     def default_budget(self) -> VisualBudget:
-        # DeepEyes: up to 6 turns; Qwen2.5-VL's usual 1,024-token image cap, the image plus several zooms.
-        return VisualBudget(max_turns=6, max_images=6, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=6 * 1024)
+        return full_image_budget(turns=6)  # DeepEyes: up to 6 turns, the image plus several zooms
 
     def default_rubric(self) -> Rubric:
         if self.config.reward == "judge":

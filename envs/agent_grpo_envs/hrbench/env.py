@@ -40,7 +40,14 @@ from agent_grpo.rewards import Rubric
 from agent_grpo.tools.registry import ToolRegistry
 from agent_grpo.tools.runner import DEFAULT_TIMEOUT_S
 from agent_grpo.trajectory import Task
-from agent_grpo_envs._common import DatasetError, GeneratedTasks, compose_panel, parse_split, search_rubric
+from agent_grpo_envs._common import (
+    DatasetError,
+    GeneratedTasks,
+    compose_panel,
+    full_image_budget,
+    parse_split,
+    search_rubric,
+)
 from agent_grpo_envs.hrbench.tsv import TsvRows
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -93,8 +100,7 @@ class HRBenchEnv(Environment):
     # ---- override points -------------------------------------------------------------------
 
     def default_budget(self) -> VisualBudget:
-        # As for V*: Qwen2.5-VL's usual 1,024-token image cap, the full image plus a few zooms.
-        return VisualBudget(max_turns=5, max_images=5, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=5 * 1024)
+        return full_image_budget(turns=5)  # as for V*: the full image plus a few zooms
 
     def default_rubric(self) -> Rubric:
         return search_rubric("choice", tool_bonus=self.tool_bonus, tool_cost=0.0)

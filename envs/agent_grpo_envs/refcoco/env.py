@@ -60,8 +60,10 @@ from agent_grpo_envs._common import (
     DatasetError,
     GeneratedTasks,
     JsonlRows,
+    check_data_splits,
     compose_panel,
     draw_box,
+    full_image_budget,
     image_path,
     load_task_image,
     parse_split,
@@ -133,14 +135,12 @@ class RefCocoEnv(Environment):
         if data is not None:
             options["data"] = data
         self.config = RefCocoConfig.model_validate(options)
-        unknown = set(self.config.data) - set(self.splits)
-        if unknown:
-            raise ValueError(f"data: unknown split(s) {sorted(unknown)}; this environment has {list(self.splits)}")
+        check_data_splits(self.config.data, self.splits)
         super().__init__(budget=budget, tools=tools, rubric=rubric, allow_tools=allow_tools, tool_timeout_s=tool_timeout_s)
 
     def default_budget(self) -> VisualBudget:
         # One turn; COCO images (640x480) are shown whole, so the model's pixel frame is the original's.
-        return VisualBudget(max_turns=1, max_images=1, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=1024)
+        return full_image_budget(turns=1)
 
     def default_rubric(self) -> Rubric:
         threshold = self.config.iou_threshold

@@ -36,6 +36,7 @@ from agent_grpo_envs._common import (
     JsonlRows,
     compose_panel,
     draw_box,
+    full_image_budget,
     image_path,
     load_task_image,
     parse_split,
@@ -86,8 +87,7 @@ class VStarEnv(Environment):
     # ---- override points -------------------------------------------------------------------
 
     def default_budget(self) -> VisualBudget:
-        # Qwen2.5-VL's usual 1,024-token image cap; the full image plus a few zooms.
-        return VisualBudget(max_turns=5, max_images=5, max_pixels_per_image=1024 * 28 * 28, max_visual_tokens=5 * 1024)
+        return full_image_budget(turns=5)  # the full image plus a few zooms
 
     def default_rubric(self) -> Rubric:
         return search_rubric("choice", tool_bonus=self.tool_bonus, tool_cost=0.0)
