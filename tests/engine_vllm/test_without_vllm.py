@@ -27,7 +27,7 @@ def test_engine_vllm_without_vllm_names_the_install(tmp_path):
     with pytest.raises(ConfigError) as err:
         recipe.setup()
     msg = str(err.value)
-    assert "pip install vllm==0.32.0" in msg and "scripts/setup_vllm.sh" in msg and "rollout.engine: hf" in msg
+    assert "agent-grpo[vllm]" in msg and "vllm 0.32.0" in msg and "scripts/setup_vllm.sh" in msg and "rollout.engine: hf" in msg
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
