@@ -4,10 +4,14 @@ Variants, each run as the full `agent-grpo demo` pipeline (same checkpoint, same
 - `no_tools`:      no tool is offered; SFT demonstrations answer from the full view (`direct_turns`)
 - `no_efficiency`: tools, rubric without the tool-efficiency reward (`tool_cost=0`)
 - `full`:          tools, the full rubric (format + accuracy + tool bonus + tool efficiency)
+- `box_in_question`: `full` on the earlier task, whose question names the cell and gives its box (three red
+                   squares, full view 112 px): copying a box instead of finding the square, for contrast
 
     .venv/bin/python bench/ablation.py --seeds 0 1 2 --jobs 2 --out runs/ablation
     .venv/bin/python bench/ablation.py --summarize-only --out runs/ablation   # re-read finished runs
     .venv/bin/python bench/ablation.py --quick   # one tiny run of every stage, in a temporary folder (CI)
+    .venv/bin/python bench/ablation.py --config envs/agent_grpo_envs/visual_search/demo_find.yaml \
+        --variants full no_tools box_in_question --out runs/ablation_find   # the find variant (issue 17)
 
 Prints a markdown table (mean +- std over seeds of held-out accuracy after SFT and after GRPO, the
 gain, zoom calls, needless zooms and zoom IoU) and writes ablation.md, ablation.json and
@@ -37,6 +41,9 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "no_efficiency": ["env_options.config.tool_cost=0"],
     "full": [],
+    # The earlier task, for contrast: the question names the cell and gives its box, three red squares.
+    "box_in_question": ["env_options.config.names_cell=true", "env_options.config.red_squares=3",
+                        "env_options.config.full_view=112"],
 }
 
 
@@ -49,16 +56,18 @@ QUICK_VARIANTS = ["full"]
 QUICK_SETS = ["eval.n=2", "sft.steps=2", "sft.save_every=2", "grpo.steps=1", "grpo.save_every=1"]
 
 
-def check_variants(variants: list[str], extra: list[str]) -> None:
+def check_variants(variants: list[str], extra: list[str], config: Path | None = None) -> None:
     """Every run's settings must resolve before hours are spent on the first ones (a renamed key fails here)."""
     from agent_grpo.cli.demo import default_config
     from agent_grpo.recipes.pipeline import load_pipeline_config
 
     for variant in variants:
-        load_pipeline_config(default_config(), [*VARIANTS[variant], "sft.seed=0", "grpo.seed=0", *extra])
+        load_pipeline_config(config or default_config(), [*VARIANTS[variant], "sft.seed=0", "grpo.seed=0", *extra])
 
 
-def run_one(out: Path, variant: str, seed: int, extra: list[str], quick: bool = False) -> tuple[str, int, float, int]:
+def run_one(
+    out: Path, variant: str, seed: int, extra: list[str], quick: bool = False, config: Path | None = None
+) -> tuple[str, int, float, int]:
     folder = out / f"{variant}_s{seed}"
     if (folder / "results.json").exists():
         return variant, seed, 0.0, 0
@@ -68,7 +77,7 @@ def run_one(out: Path, variant: str, seed: int, extra: list[str], quick: bool = 
             shutil.copytree(donor / stage, folder / stage)
     sets = [*VARIANTS[variant], f"sft.seed={seed}", f"grpo.seed={seed}", *extra]
     cmd = [sys.executable, "-m", "agent_grpo.cli.main", "demo", "--out", str(folder), "--no-progress",
-           *(["--quick"] if quick else [])]
+           *(["--quick"] if quick else []), *(["--config", str(config)] if config else [])]
     for s in sets:
         cmd += ["--set", s]
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,6 +166,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (each uses one CPU thread)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="override for every run, e.g. grpo.steps=60")
+    ap.add_argument("--config", type=Path, default=None, help="pipeline YAML (default: the demo's); e.g. demo_find.yaml")
     ap.add_argument("--summarize-only", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one variant, one seed, a few steps (what CI runs; output in a "
                     "temporary folder unless --out is given)")
@@ -167,7 +177,7 @@ def main() -> None:
         if args.out == Path("runs/ablation"):
             temporary = tempfile.TemporaryDirectory()
             args.out = Path(temporary.name)
-    check_variants(args.variants, args.extra)
+    check_variants(args.variants, args.extra, args.config)
 
     failed = False
     if not args.summarize_only:
@@ -177,7 +187,7 @@ def main() -> None:
                                                                  if v in args.variants]]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for jobs in rounds:
-                runs = pool.map(lambda j: run_one(args.out, j[0], j[1], args.extra, args.quick), jobs)
+                runs = pool.map(lambda j: run_one(args.out, j[0], j[1], args.extra, args.quick, args.config), jobs)
                 for variant, seed, seconds, rc in runs:
                     status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {args.out}/{variant}_s{seed}/log.txt)"
                     print(f"{variant} seed {seed}: {status} in {seconds:.0f} s", flush=True)

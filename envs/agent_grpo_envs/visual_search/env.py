@@ -1,4 +1,5 @@
-"""`visual-search`: read the digit in the red square, which is only legible after zooming in."""
+"""`visual-search`: read the digit in the red square, which is only legible after zooming in (and, in the
+find variant, only after finding the square: the question does not say where it is)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,14 @@ QUESTION = (
 )
 
 
-def question_for(cell: int, grid: int, cell_box: tuple[int, int, int, int]) -> str:
-    """The question about 1-based, row-major `cell`, naming its box in canvas pixels."""
+FIND_QUESTION = "What digit is written inside the red square? Answer with the digit only."
+
+
+def question_for(cell: int, grid: int, cell_box: tuple[int, int, int, int], names_cell: bool = True) -> str:
+    """The question about 1-based, row-major `cell`, naming its box in canvas pixels (or, with
+    `names_cell=False`, naming nothing: the model has to find the one red square itself)."""
+    if not names_cell:
+        return FIND_QUESTION
     row, col = divmod(cell - 1, grid)
     return QUESTION.format(row=row + 1, col=col + 1, box="[" + ", ".join(str(v) for v in cell_box) + "]")
 
@@ -39,8 +46,10 @@ class VisualSearchEnv(Environment):
 
     An 896 x 896 canvas with light clutter holds red squares near the centres of three cells of a
     4 x 4 grid (224 px cells), each with a digit 60-68 px tall; the question names the cell to read
-    by row and column and gives its box. The model sees the canvas at 112 x 112, where a digit is ~8 px tall with 1 px
-    strokes, and can `zoom_in` on a cell, which it then sees at 112 x 112 (digit 30-34 px, centred).
+    by row and column and gives its box. The model sees the canvas at 112 x 112, where a digit is ~8 px
+    tall with 1 px strokes, and can `zoom_in` on a cell, which it then sees at 112 x 112 (digit 30-34 px,
+    centred). The find variant (`names_cell: false`, `red_squares: 1`, `full_view: 224`; `demo_find.yaml`)
+    has one red square and a question that names nothing: the model finds the square in the full view.
     Tasks are drawn from seeds derived from (split, index, seed): deterministic, and train and test
     never share a seed.
 
@@ -73,8 +82,10 @@ class VisualSearchEnv(Environment):
         # digit becomes 8 px with 1 px strokes. Zooms are shown at 112 px too: a zoom on the cell halves it
         # and the digit (30-34 px) sits at the view's centre, which is what the tiny model learns to read
         # (BENCHMARKS.md, perception probes); a loose box shrinks it and moves it off-centre.
+        # The find variant (names_cell false) may need a larger full view to locate the square: `full_view`.
+        side = self.config.full_view
         return VisualBudget(
-            max_turns=3, max_images=3, max_pixels_per_image=112 * 112, max_pixels_per_task_image=112 * 112
+            max_turns=3, max_images=3, max_pixels_per_image=112 * 112, max_pixels_per_task_image=side * side
         )
 
     def default_rubric(self) -> Rubric:
@@ -100,7 +111,7 @@ class VisualSearchEnv(Environment):
         config = self.config
         return Task(
             id=f"{self.name}-{split}-{seed}-{index}",
-            question=question_for(scene.cell, self.config.grid, scene.cell_box),
+            question=question_for(scene.cell, self.config.grid, scene.cell_box, self.config.names_cell),
             # The canvas is drawn again from its seed when needed: a task row holds no decoded pixels.
             images=[ImagePart.from_source(scene.image, lambda: generate(s, config).image)],
             answer=str(scene.digit),

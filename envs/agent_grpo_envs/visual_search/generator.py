@@ -1,15 +1,17 @@
 """Drawing one visual-search canvas from a seed.
 
 The design follows what the tiny model can learn (DESIGN section 9, BENCHMARKS.md "Perception probes"):
-- Several red squares, one near the centre of each of a few cells of a 4 x 4 grid, each holding a
-  digit; the question names the cell to read (row, column and its box). Naming it is deliberate: the
-  Qwen2.5-VL vision tower has no absolute position embedding, and the tiny model did not learn to
-  tell *where* a red square is within CPU budgets (a locate probe stayed at chance for 300+ steps,
-  with or without the `position_tint` cue), nor, in 250 SFT steps, to turn "row 2, column 3" into a
-  box; copying a box is what it can do. So the policy has to learn when to zoom, how tightly and how
-  often, and the other squares make a zoom into the wrong cell give a wrong answer.
-- At the full view (8x smaller) the 60-68 px digit is ~8 px with 1 px strokes, which the model does
-  not read; a zoom on the cell, shown at 112 px, centres a 30-34 px digit, which it learns to read.
+- Red squares, one near the centre of each of a few cells of a 4 x 4 grid, each holding a digit.
+- Two ways to ask (`names_cell`):
+  - the question names the cell to read (row, column and its box), and three red squares make a
+    zoom into the wrong cell answer wrong: the policy copies a box and learns when to zoom, how
+    tightly and how often;
+  - the find variant: one red square and a question that names nothing, so the model must find the
+    square in the full view (224 px) first. The tiny model learns to locate the one salient, filled
+    square at 224 px (perception pretraining, stage 2), not at 112 px (chance for 400+ steps: with
+    2-D rotary positions only, a token's absolute place is hard to read out of a 4 x 4 token grid).
+- At the full view (4-8x smaller) the 60-68 px digit is 8-17 px with 1-2 px strokes, which the model
+  does not read; a zoom on the cell, shown at 112 px, centres a 30-34 px digit, which it learns to read.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class VisualSearchConfig(BaseModel):
     glyph_height: tuple[int, int] = Field(default=(60, 68), description="digit height range, pixels")
     red_squares: int = Field(
         default=3, ge=1, le=16, description="red squares with digits, in distinct cells; the question names one"
+    )
+    names_cell: bool = Field(
+        default=True,
+        description="the question names the target's cell and box; false: it does not, and the one red square "
+        "(red_squares must be 1) has to be found in the full view",
+    )
+    full_view: int = Field(
+        default=112, ge=28, description="side of the model's view of the whole canvas, pixels (zooms are shown at 112)"
     )
     position_tint: int = Field(
         default=0, ge=0, le=60,
@@ -79,6 +89,11 @@ class VisualSearchConfig(BaseModel):
             lo, hi = getattr(self, key)
             if not 0 < lo <= hi:
                 raise ValueError(f"{key} must be a range (lo, hi) with 0 < lo <= hi, got {(lo, hi)}")
+        if not self.names_cell and self.red_squares != 1:
+            raise ValueError(
+                f"names_cell false needs red_squares 1 (got {self.red_squares}): a question that names no cell "
+                "must have one red square to ask about"
+            )
         if self.canvas_size % self.grid:
             raise ValueError(f"canvas_size {self.canvas_size} must be a multiple of grid {self.grid}")
         if self.patch_side[1] + 2 * _MARGIN > self.cell_size:
