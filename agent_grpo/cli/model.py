@@ -54,7 +54,7 @@ def pretrain(
     lr: Annotated[float, typer.Option(help="AdamW learning rate (warm-up 50 steps, linear decay)")] = 1e-3,
     locate_steps: Annotated[
         int, typer.Option(min=0, help="stage-2 steps: locating the square at full view, reading kept (0: skip)")
-    ] = 1500,
+    ] = 2000,
     init: Annotated[
         Path | None, typer.Option(help="a stage-1 checkpoint (made with --locate-steps 0) to run stage 2 from")
     ] = None,
