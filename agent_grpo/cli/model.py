@@ -67,6 +67,8 @@ def pretrain(
     try:
         report = run(out_dir, steps=steps, seed=seed, size=size.upper(), lr=lr, locate_steps=locate_steps, init=init)
     except (OSError, ValueError, KeyError) as e:
-        raise typer.BadParameter(str(e), param_hint="--init") from e
+        if init is None:
+            raise
+        raise typer.BadParameter(f"{init}: {e}", param_hint="--init") from e
     typer.echo(f"held-out accuracy: {report['held_out']}")
     typer.echo(f"checkpoint and pretrain_report.json in {out_dir}")

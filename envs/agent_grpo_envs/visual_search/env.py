@@ -82,7 +82,8 @@ class VisualSearchEnv(Environment):
         # digit becomes 8 px with 1 px strokes. Zooms are shown at 112 px too: a zoom on the cell halves it
         # and the digit (30-34 px) sits at the view's centre, which is what the tiny model learns to read
         # (BENCHMARKS.md, perception probes); a loose box shrinks it and moves it off-centre.
-        # The find variant (names_cell false) may need a larger full view to locate the square: `full_view`.
+        # The find variant sets `full_view: 224`: at 112 px the tiny model did not learn to locate the square
+        # (BENCHMARKS.md, "Finding the square"), at 224 px the digit is still 15-17 px and unread.
         side = self.config.full_view
         return VisualBudget(
             max_turns=3, max_images=3, max_pixels_per_image=112 * 112, max_pixels_per_task_image=side * side
