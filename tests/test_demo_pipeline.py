@@ -81,6 +81,22 @@ def test_pipeline_config_resolves_the_shipped_checkpoint_and_names_bad_keys(tmp_
         load_pipeline_config(tmp_path / "no_start.yaml")
 
 
+def test_find_config_starts_from_the_locating_checkpoint_on_the_scenes_it_learned():
+    """demo_find.yaml's environment is the find variant its checkpoint was pretrained to locate in."""
+    from agent_grpo_envs import VisualSearchConfig
+    from agent_grpo_envs.visual_search import pretrain as P
+
+    from agent_grpo.cli.demo import default_config
+
+    cfg = load_pipeline_config(default_config().parent / "demo_find.yaml")
+    report = json.loads((Path(cfg.start) / "pretrain_report.json").read_text())
+    assert Path(cfg.start).name == "perception_find" and report["locate_steps"] > 0
+    scenes = VisualSearchConfig(**cfg.env_options["config"])
+    assert {k: getattr(scenes, k) for k in P.FIND_SCENES} == P.FIND_SCENES
+    assert report["data"]["find_generator"] == VisualSearchConfig(**P.FIND_SCENES).model_dump(mode="json")
+    assert cfg.sft.env.name == cfg.grpo.env.name == "visual-search"
+
+
 def test_plot_curves_writes_a_png_and_skips_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": i, "reward": i / 10, "loss": 1 / i} for i in range(1, 21)]
