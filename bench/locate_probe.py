@@ -29,8 +29,6 @@ from agent_grpo.models.chat import ChatFormat
 from agent_grpo.models.loading import load_policy
 from agent_grpo.models.tiny import build_tiny_model
 from agent_grpo.rollout.batch import assemble_batch
-from agent_grpo.rollout.engine import GenRequest, SamplingParams
-from agent_grpo.rollout.hf_engine import HFEngine
 from agent_grpo.rollout.logprobs import forward_logprobs
 
 KIND_NAMES = {"L": "locate", "R": "read", "N": "none"}
@@ -73,17 +71,10 @@ def main() -> None:
         return s
 
     def evaluate() -> dict[str, float]:
-        model.eval()
-        engine, out = HFEngine(model, chat), {}
+        out = {}
         for kind in dict.fromkeys(args.mix):
             samples = [sample(10**9 + 7 + i, kind) for i in range(args.held_out)]
-            trajs = [P.encode_sample(s, chat, budget, i) for i, s in enumerate(samples)]
-            reqs = [GenRequest(token_ids=t.segments[0].token_ids, images=[budget.view(t.images[0].pil, t.images[0].source)])
-                    for t in trajs]
-            with torch.no_grad():
-                results = engine.generate(reqs, SamplingParams(max_new_tokens=24, greedy=True))
-            texts = [chat.decode(r.token_ids).replace("<|im_end|>", "").strip() for r in results]
-            out[KIND_NAMES[kind]] = float(np.mean([t == s.target for t, s in zip(texts, samples, strict=True)]))
+            out[KIND_NAMES[kind]] = float(np.mean(P.exact_matches(model, chat, budget, samples)))
         return out
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)

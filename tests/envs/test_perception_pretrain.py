@@ -48,15 +48,7 @@ def test_shipped_checkpoint_reads_held_out_zooms_but_not_the_full_view():
 
 
 def _read_all(model, chat, budget, samples) -> float:
-    from agent_grpo.rollout.engine import GenRequest, SamplingParams
-    from agent_grpo.rollout.hf_engine import HFEngine
-
-    trajs = [P.encode_sample(s, chat, budget, i) for i, s in enumerate(samples)]
-    reqs = [GenRequest(token_ids=t.segments[0].token_ids, images=[budget.view(t.images[0].pil, t.images[0].source)])
-            for t in trajs]
-    outs = HFEngine(model.eval(), chat).generate(reqs, SamplingParams(max_new_tokens=4, greedy=True))
-    texts = [chat.decode(o.token_ids).replace("<|im_end|>", "").strip() for o in outs]
-    return float(np.mean([t == s.target for t, s in zip(texts, samples, strict=True)]))
+    return float(np.mean(P.exact_matches(model, chat, budget, samples, max_new_tokens=4)))
 
 
 @pytest.mark.slow

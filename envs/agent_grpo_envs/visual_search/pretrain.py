@@ -139,25 +139,32 @@ def batch_for(
 
 
 @torch.no_grad()
-def evaluate(
-    model, chat, budget, config, n: int = 200, seed: int = 1, kinds: tuple[str, ...] = KINDS
-) -> dict[str, float]:
-    """Held-out accuracy per kind, greedy, on scenes drawn from seeds never used in training."""
+def exact_matches(model, chat, budget, samples: list[Sample], max_new_tokens: int = 24) -> list[bool]:
+    """Greedy generation for each sample's prompt, 16 at a time: whether the text is exactly its target."""
     from agent_grpo.rollout.engine import GenRequest, SamplingParams
     from agent_grpo.rollout.hf_engine import HFEngine
 
-    engine = HFEngine(model, chat)
-    params = SamplingParams(max_new_tokens=24, greedy=True)
-    correct: dict[str, list[float]] = {k: [] for k in kinds}
-    samples = [make_sample(10**9 + seed * 100_003 + i, kinds[i % len(kinds)], config, MAX_JITTER) for i in range(n)]
-    for start in range(0, n, 16):
+    engine = HFEngine(model.eval(), chat)
+    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    out = []
+    for start in range(0, len(samples), 16):
         chunk = samples[start : start + 16]
         trajs = [encode_sample(s, chat, budget, start + j) for j, s in enumerate(chunk)]
         reqs = [GenRequest(token_ids=t.segments[0].token_ids, images=[budget.view(t.images[0].pil, t.images[0].source)])
                 for t in trajs]
         for s, res in zip(chunk, engine.generate(reqs, params), strict=True):
-            text = chat.decode(res.token_ids).replace("<|im_end|>", "").strip()
-            correct[s.kind].append(float(text == s.target))
+            out.append(chat.decode(res.token_ids).replace("<|im_end|>", "").strip() == s.target)
+    return out
+
+
+def evaluate(
+    model, chat, budget, config, n: int = 200, seed: int = 1, kinds: tuple[str, ...] = KINDS
+) -> dict[str, float]:
+    """Held-out accuracy per kind, greedy, on scenes drawn from seeds never used in training."""
+    samples = [make_sample(10**9 + seed * 100_003 + i, kinds[i % len(kinds)], config, MAX_JITTER) for i in range(n)]
+    correct: dict[str, list[float]] = {k: [] for k in kinds}
+    for s, right in zip(samples, exact_matches(model, chat, budget, samples), strict=True):
+        correct[s.kind].append(float(right))
     return {k: sum(v) / len(v) for k, v in correct.items() if v}
 
 
