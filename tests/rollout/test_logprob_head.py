@@ -61,10 +61,11 @@ def test_chunked_function_equals_full_log_softmax_values_and_gradients():
 
 @pytest.mark.parametrize(("temperature", "dtype"), [(1.0, torch.float32), (0.7, torch.float64)])
 def test_head_equals_full_logits_head_logprobs_and_gradients(tiny, rollouts, temperature, dtype):
-    """float32: logprobs within 1e-6, every gradient within float32 summation-order noise (rtol 1e-4;
-    the head sums its weight gradient chunk by chunk); float64: the same arithmetic (within 1e-10)."""
+    """float32: logprobs within 1e-6, every gradient within float32 summation-order noise; float64: the same
+    arithmetic (within 1e-10). The head sums its weight gradient chunk by chunk, so a float32 element's rounding
+    error scales with the tensor's largest terms, not with the element: an element-wise rtol fails on small
+    elements (seen: 1.8e-6 on an element of 1e-3). Measured: max |diff| <= 1.3e-6 * max |grad| in every tensor."""
     model = copy.deepcopy(tiny[0]).to(dtype).train()
-    tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0, "atol": 1e-10}
     batch = assemble_batch(rollouts, tiny[2], BUDGET[0])
     mask = batch.loss_mask
     upstream = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * mask
@@ -82,7 +83,8 @@ def test_head_equals_full_logits_head_logprobs_and_gradients(tiny, rollouts, tem
     assert out.logprobs.dtype == dtype
     assert old_grads.keys() == new_grads.keys()
     for name, g in old_grads.items():
-        torch.testing.assert_close(new_grads[name], g, **tol, msg=lambda m, name=name: f"{name}: {m}")
+        atol = 1e-5 * g.abs().max().item() if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(new_grads[name], g, rtol=0, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_positions_all_gives_every_token(tiny, rollouts):
