@@ -19,7 +19,16 @@ TOOLS_GROUP = "agent_grpo.tools"
 ENVS_GROUP = "agent_grpo.envs"
 """An `Environment` subclass (or a zero-argument factory returning an Environment)."""
 
-GROUPS = {TOOLS_GROUP: "image tools the model can call", ENVS_GROUP: "task environments"}
+DEMOS_GROUP = "agent_grpo.demos"
+"""A demo pipeline for `agent-grpo demo`: the path of its YAML (a `PipelineConfig`), or a zero-argument callable
+returning it. The entry point named `default` is what `agent-grpo demo` runs without `--demo`/`--config`."""
+
+COMMANDS_GROUP = "agent_grpo.commands"
+"""A `typer.Typer` app (or a zero-argument callable returning one): a command group of a plugin package,
+added to the command line under the entry point's name (`agent-grpo NAME ...`)."""
+
+GROUPS = {TOOLS_GROUP: "image tools the model can call", ENVS_GROUP: "task environments",
+          DEMOS_GROUP: "demo pipelines (`agent-grpo demo`)", COMMANDS_GROUP: "command groups of plugin packages"}
 
 
 def iter_entry_points(group: str) -> list[EntryPoint]:

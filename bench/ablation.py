@@ -58,11 +58,11 @@ QUICK_SETS = ["eval.n=2", "sft.steps=2", "sft.save_every=2", "grpo.steps=1", "gr
 
 def check_variants(variants: list[str], extra: list[str], config: Path | None = None) -> None:
     """Every run's settings must resolve before hours are spent on the first ones (a renamed key fails here)."""
-    from agent_grpo.cli.demo import default_config
+    from agent_grpo.recipes.demos import demo_config
     from agent_grpo.recipes.pipeline import load_pipeline_config
 
     for variant in variants:
-        load_pipeline_config(config or default_config(), [*VARIANTS[variant], "sft.seed=0", "grpo.seed=0", *extra])
+        load_pipeline_config(config or demo_config(), [*VARIANTS[variant], "sft.seed=0", "grpo.seed=0", *extra])
 
 
 def run_one(

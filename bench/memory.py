@@ -249,12 +249,13 @@ def scenario_sft_large(args) -> dict:
 
 
 def scenario_demo(args) -> dict:
-    from agent_grpo.cli.demo import QUICK, default_config
+    from agent_grpo.cli.demo import QUICK
     from agent_grpo.recipes import pipeline as P
+    from agent_grpo.recipes.demos import demo_config
 
     out = Path(tempfile.mkdtemp(prefix="bench-memory-demo-"))
     overrides = ([] if args.full_demo else list(QUICK)) + [f"out_dir={out}"]
-    cfg = P.load_pipeline_config(default_config(), overrides)
+    cfg = P.load_pipeline_config(demo_config(), overrides)
     pipe = P.Pipeline(cfg, progress=False)
     with Sampler() as sampler:
         for name in ("evaluate", "train"):  # label the sampler's phase with the stage running

@@ -67,13 +67,14 @@ def test_quick_demo_produces_checkpoints_metrics_plots_and_report(tmp_path):
 
 
 def test_pipeline_config_resolves_the_shipped_checkpoint_and_names_bad_keys(tmp_path):
-    from agent_grpo.cli.demo import QUICK, default_config
+    from agent_grpo.cli.demo import QUICK
+    from agent_grpo.recipes.demos import demo_config
 
-    cfg = load_pipeline_config(default_config(), QUICK)
+    cfg = load_pipeline_config(demo_config(), QUICK)
     assert Path(cfg.start).is_absolute() and (Path(cfg.start) / "pretrain_report.json").exists()
     assert cfg.sft.steps == 4 and cfg.grpo.steps == 2 and cfg.eval.n == 8
     with pytest.raises(ConfigError, match="grpo.rollout.group_sise: unknown setting; did you mean grpo.rollout.group_size"):
-        load_pipeline_config(default_config(), ["grpo.rollout.group_sise=4"])
+        load_pipeline_config(demo_config(), ["grpo.rollout.group_sise=4"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_pipeline_config(tmp_path / "missing.yaml")
     (tmp_path / "no_start.yaml").write_text("sft: {}\ngrpo: {}\n")
@@ -86,9 +87,9 @@ def test_find_config_starts_from_the_locating_checkpoint_on_the_scenes_it_learne
     from agent_grpo_envs import VisualSearchConfig
     from agent_grpo_envs.visual_search import pretrain as P
 
-    from agent_grpo.cli.demo import default_config
+    from agent_grpo.recipes.demos import demo_config
 
-    cfg = load_pipeline_config(default_config().parent / "demo_find.yaml")
+    cfg = load_pipeline_config(demo_config().parent / "demo_find.yaml")
     report = json.loads((Path(cfg.start) / "pretrain_report.json").read_text())
     assert Path(cfg.start).name == "perception_find" and report["locate_steps"] > 0
     scenes = VisualSearchConfig(**cfg.env_options["config"])

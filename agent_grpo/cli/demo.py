@@ -1,9 +1,9 @@
 """`agent-grpo demo`: the README's main job. GRPO teaches the tiny VLM to zoom, on CPU, no downloads.
 
-Runs the pipeline in `agent_grpo/recipes/pipeline.py` with the visual-search demo config shipped in
-the environment package (`agent_grpo_envs/visual_search/demo.yaml`): the perception-pretrained tiny
-Qwen2.5-VL -> eval -> SFT warm start -> eval -> GRPO -> eval, then a results table, PNG curves and an
-HTML report. `--quick` is the same pipeline, small (a CI smoke test: plumbing, not learning).
+Runs the pipeline in `agent_grpo/recipes/pipeline.py` with a config an installed package ships as a demo
+(`agent_grpo/recipes/demos.py`; the built-in `default` is visual-search's, in the environment package):
+a perception-pretrained tiny Qwen2.5-VL -> eval -> SFT warm start -> eval -> GRPO -> eval, then a results
+table, PNG curves and an HTML report. `--quick` is the same pipeline, small (a CI smoke test: plumbing, not learning).
 """
 
 from __future__ import annotations
@@ -22,14 +22,10 @@ QUICK = [
 ]
 
 
-def default_config() -> Path:
-    from agent_grpo_envs import visual_search
-
-    return Path(visual_search.__file__).parent / "demo.yaml"
-
-
 def demo(
-    config: Path = typer.Option(None, "--config", help="pipeline YAML; default: the visual-search demo"),
+    name: str = typer.Option("default", "--demo", help="an installed demo (`--list` shows them)"),
+    config: Path = typer.Option(None, "--config", help="a pipeline YAML instead of an installed demo"),
+    list_: bool = typer.Option(False, "--list", help="list the installed demos and exit"),
     out: Path = typer.Option(None, "--out", help="output folder (default: the config's out_dir, runs/demo)"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a field: --set grpo.steps=80"),
     quick: bool = typer.Option(False, "--quick", help="a few-minute smoke run of every stage (no learning)"),
@@ -41,18 +37,23 @@ def demo(
         1, "--log-every", min=1, help="without a live bar (a pipe, a batch job, --no-progress): a line every N steps"
     ),
 ) -> None:
-    """Pretrained tiny VLM -> eval -> SFT -> eval -> GRPO -> eval on visual-search; table, plots, report."""
+    """Pretrained tiny VLM -> eval -> SFT -> eval -> GRPO -> eval; table, plots, report."""
     from agent_grpo.cli._config import check_out_dir
     from agent_grpo.cli._outputs import claim, replace
+    from agent_grpo.recipes.demos import demo_config, list_demos
     from agent_grpo.recipes.pipeline import Pipeline, load_pipeline_config
 
     console = make_console()
+    if list_:
+        for demo_name, package in list_demos().items():
+            console.print(f"{demo_name}  ({package}): {demo_config(demo_name)}", markup=False, highlight=False)
+        return
     overrides = [*(QUICK if quick else []), *set_]
     if out is not None:
         overrides.append(f"out_dir={out}")
     elif quick:
         overrides.append("out_dir=runs/demo_quick")
-    cfg = load_pipeline_config(config or default_config(), overrides)  # a ConfigError: a message (cli/main.py)
+    cfg = load_pipeline_config(config or demo_config(name), overrides)  # a ConfigError: a message (cli/main.py)
     check_out_dir(cfg.out_dir, "--out")
     if fresh:
         replace(cfg.out_dir, "demo")  # never a folder agent-grpo did not write

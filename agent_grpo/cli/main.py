@@ -1,5 +1,8 @@
 """The `agent-grpo` console script: one app, one sub-command group per area.
 
+Plugin packages add command groups through the `agent_grpo.commands` entry points (`agent-grpo NAME ...`);
+one is imported only when it is run or listed, so a slow or broken plugin never slows or breaks the rest.
+
 Errors agent-grpo raises on purpose (`AgentGrpoError`: a bad config, a missing plugin, an unreadable run)
 end any command with their message and exit status 2; anything else is a bug and keeps its traceback.
 """
@@ -23,7 +26,16 @@ from agent_grpo.errors import AgentGrpoError
 
 
 class _UserErrorsAsMessages(TyperGroup):
-    """The top-level group: a user's mistake is a message, never a traceback."""
+    """The top-level group: a user's mistake is a message, never a traceback; plugins' command groups."""
+
+    def list_commands(self, ctx):
+        from agent_grpo.plugins import COMMANDS_GROUP, iter_entry_points
+
+        own = super().list_commands(ctx)
+        return [*own, *(ep.name for ep in iter_entry_points(COMMANDS_GROUP) if ep.name not in own)]
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, name) or _plugin_command(name)  # a built-in command wins a name clash
 
     def invoke(self, ctx):
         try:
@@ -31,6 +43,34 @@ class _UserErrorsAsMessages(TyperGroup):
         except AgentGrpoError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(2) from e
+
+
+def _plugin_command(name: str):
+    import click
+
+    from agent_grpo.errors import PluginError
+    from agent_grpo.plugins import COMMANDS_GROUP, iter_entry_points, load_entry_point
+
+    ep = next((ep for ep in iter_entry_points(COMMANDS_GROUP) if ep.name == name), None)
+    if ep is None:
+        return None
+    try:
+        obj = load_entry_point(ep)
+        if callable(obj) and not isinstance(obj, typer.Typer):
+            obj = obj()
+        if not isinstance(obj, typer.Typer):
+            raise PluginError(f"command plugin {name!r} ({ep.value}) is not a typer.Typer app")
+    except PluginError as e:
+        error = e
+
+        def fail(**_):  # `--help` still lists every command; running this one is the message
+            raise error
+
+        return click.Command(name, callback=fail, help=f"(broken plugin) {e}",
+                             context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    command = typer.main.get_command(obj)
+    command.name = name
+    return command
 
 
 app = typer.Typer(

@@ -1,10 +1,10 @@
 """The proof-of-learning pipeline behind `agent-grpo demo`: eval -> SFT -> eval -> GRPO -> eval.
 
-    pipeline = Pipeline(load_pipeline_config("demo.yaml"))
+    pipeline = Pipeline(load_pipeline_config(demo_config()))   # a demo an installed package ships (recipes/demos.py)
     pipeline.run()        # every stage in order; a finished stage is reused when the run is resumed
 
 Starting from a checkpoint that can see but has never acted (the perception-pretrained tiny VLM of
-visual-search), the SFT warm start teaches the tool protocol from deliberately imperfect scripted
+a demo's environment), the SFT warm start teaches the tool protocol from deliberately imperfect scripted
 demonstrations, and GRPO teaches the rest from rewards. The same held-out tasks are evaluated after
 each stage (greedy, one trajectory per task). Everything lands in `out_dir`:
 

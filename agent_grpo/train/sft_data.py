@@ -7,7 +7,7 @@ what the rollout driver would have produced, so SFT and GRPO train on identical 
 - `scripted`: an environment's scripted policy played through `ScriptedEngine` + `RolloutDriver`,
   the very code path of RL rollouts. Sampled segments are the demo's assistant turns, injected
   segments the tool results. The policy is `module:function` with the signature of
-  `agent_grpo_envs.visual_search.scripted_turns(task, quality, rng) -> list[str]`; by default the
+  `scripted_turns(task, quality, rng) -> list[str]`; by default the
   environment's own package is asked for `scripted_turns`.
 - `run`: a run directory (`RunStore`), filtered by index rows (correct, min reward, best per group).
   Stored segments are used as they are (checked against this model's tokenizer on one prompt);

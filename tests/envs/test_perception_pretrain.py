@@ -20,7 +20,7 @@ SHIPPED = Path(P.__file__).parent / "perception"
 
 def test_shipped_checkpoint_records_how_it_was_made_and_what_it_reads():
     report = json.loads((SHIPPED / "pretrain_report.json").read_text())
-    assert report["command"].startswith("agent-grpo model pretrain") and "--seed 0" in report["command"]
+    assert report["command"].startswith("agent-grpo visual-search pretrain") and "--seed 0" in report["command"]
     assert report["steps"] == 3000 and report["data"]["kinds"] == list(P.KINDS)
     # made for today's scenes; options added since then default to what it saw (one question form, 112 px view)
     added_since = {"names_cell": True, "full_view": 112}

@@ -12,7 +12,7 @@ nor the task's question. Two stages, one command:
 Samples go through the same chat template, batch assembly and forward as RL (one code path), and
 are drawn fresh every step from seeds disjoint from the environment's test split.
 
-    agent-grpo model pretrain OUT_DIR [--steps 3000] [--locate-steps 1500] [--seed 0]
+    agent-grpo visual-search pretrain OUT_DIR [--steps 3000] [--locate-steps 1500] [--seed 0]
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def pretrain(
         final.update(stage.evaluate(model, chat, n=final_eval, seed=2))
     out_dir = Path(out_dir)
     save_checkpoint(model, processor, out_dir)
-    command = f"agent-grpo model pretrain {out_dir} --steps {steps} --locate-steps {locate_steps} --seed {seed} --size {size}"
+    command = f"agent-grpo visual-search pretrain {out_dir} --steps {steps} --locate-steps {locate_steps} --seed {seed} --size {size}"
     report = {
         "command": command,
         "seed": seed, "steps": steps, "locate_steps": locate_steps, "batch_size": batch_size, "lr": lr, "size": size,
