@@ -7,11 +7,11 @@ Variants, each run as the full `agent-grpo demo` pipeline (same checkpoint, same
 - `box_in_question`: `full` on the earlier task, whose question names the cell and gives its box (three red
                    squares, full view 112 px): copying a box instead of finding the square, for contrast
 
-    .venv/bin/python bench/ablation.py --seeds 0 1 2 --jobs 2 --out runs/ablation
+    .venv/bin/python bench/ablation.py --seeds 0 1 2 --jobs 2 --out runs/ablation   # the main job's (find) task
     .venv/bin/python bench/ablation.py --summarize-only --out runs/ablation   # re-read finished runs
     .venv/bin/python bench/ablation.py --quick   # one tiny run of every stage, in a temporary folder (CI)
-    .venv/bin/python bench/ablation.py --config envs/agent_grpo_envs/visual_search/demo_find.yaml \
-        --variants full no_tools box_in_question --out runs/ablation_find   # the find variant (issue 17)
+    .venv/bin/python bench/ablation.py --config envs/agent_grpo_envs/visual_search/demo.yaml \
+        --variants no_tools no_efficiency full --out runs/ablation_boxed   # the box-in-the-question demo (issue 6)
 
 Prints a markdown table (mean +- std over seeds of held-out accuracy after SFT and after GRPO, the
 gain, zoom calls, needless zooms and zoom IoU) and writes ablation.md, ablation.json and
@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (each uses one CPU thread)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="override for every run, e.g. grpo.steps=60")
-    ap.add_argument("--config", type=Path, default=None, help="pipeline YAML (default: the demo's); e.g. demo_find.yaml")
+    ap.add_argument("--config", type=Path, default=None, help="pipeline YAML (default: the main job's, demo_find.yaml); e.g. demo.yaml")
     ap.add_argument("--summarize-only", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one variant, one seed, a few steps (what CI runs; output in a "
                     "temporary folder unless --out is given)")

@@ -89,7 +89,7 @@ def test_find_config_starts_from_the_locating_checkpoint_on_the_scenes_it_learne
 
     from agent_grpo.recipes.demos import demo_config
 
-    cfg = load_pipeline_config(demo_config().parent / "demo_find.yaml")
+    cfg = load_pipeline_config(demo_config("visual-search-find"))
     report = json.loads((Path(cfg.start) / "pretrain_report.json").read_text())
     assert Path(cfg.start).name == "perception_find" and report["locate_steps"] > 0
     scenes = VisualSearchConfig(**cfg.env_options["config"])

@@ -69,6 +69,8 @@ def test_the_environment_package_ships_its_demos_and_pretraining_command():
     from agent_grpo.cli.main import app
 
     assert {"default", "visual-search-find", "visual-search-boxed"} <= set(list_demos())
-    assert demo_config("visual-search-find").name == "demo_find.yaml"
+    # the main job is the find variant; the box-in-the-question task stays available for contrast
+    assert demo_config().name == demo_config("visual-search-find").name == "demo_find.yaml"
+    assert demo_config("visual-search-boxed").name == "demo.yaml"
     result = CliRunner().invoke(app, ["visual-search", "pretrain", "--help"])
     assert result.exit_code == 0 and "--locate-steps" in result.output

@@ -113,7 +113,7 @@ LOCATE_KINDS = ("locate", "locate", "read", "none")  # stage 2: locating, while 
 MAX_JITTER = 12.0  # zoom-box corner noise (std, canvas px) at the end of the curriculum
 LOCATE_SEED_BASE = 8_000_000  # stage 2's samples: disjoint from stage 1's and from the environment's splits
 
-# The scenes of the find variant (demo.yaml's env_options.config): one red square, nothing named,
+# The scenes of the find variant (demo_find.yaml's env_options.config): one red square, nothing named,
 # the whole canvas seen at FULL_VIEW px.
 FIND_SCENES = {"red_squares": 1, "names_cell": False, "full_view": 224}
 
