@@ -3,7 +3,7 @@
 Written to OUT:
 
     OUT/sft.jsonl        one conversation a line (the format the SFT warm start reads):
-        {"id": "s3-task7-2", "env": "visual-search", "task_id": "task7", "reward": 1.2,
+        {"id": "s3-task7-2", "env": "my-env", "task_id": "task7", "reward": 1.2,
          "messages": [
            {"role": "system",    "content": [{"type": "text", "text": "..."}]},
            {"role": "user",      "content": [{"type": "text", "text": "Image 0 (640x480):"},
