@@ -107,3 +107,40 @@ def test_plot_curves_writes_a_png_and_skips_a_torn_line(tmp_path):
                       tmp_path / "curves.png", title="t")
     with Image.open(png) as img:
         assert img.format == "PNG" and img.width > img.height
+
+
+def test_the_thread_count_is_the_configs_and_the_main_job_names_the_one_its_results_were_made_with(
+    tmp_path, monkeypatch
+):
+    """Results depend slightly on the torch thread count, so a demo config fixes it (not "all cores")."""
+    import torch
+    from rich.console import Console
+
+    from agent_grpo.cli.demo import QUICK
+    from agent_grpo.recipes import pipeline as P
+    from agent_grpo.recipes.demos import demo_config
+
+    assert load_pipeline_config(demo_config()).torch_threads == 2  # BENCHMARKS.md "Finding the square"
+    assert load_pipeline_config(demo_config("visual-search-boxed")).torch_threads == 1  # its results: 1 thread
+    assert load_pipeline_config(demo_config(), QUICK).torch_threads == 1  # a smoke run, as tests are
+    with pytest.raises(ConfigError, match="torch_threads"):
+        load_pipeline_config(demo_config(), ["torch_threads=0"])
+
+    seen = []
+
+    def first_stage(self, *args):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(P.Pipeline, "evaluate", first_stage)
+    monkeypatch.setattr(P.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    cfg = load_pipeline_config(demo_config(), [*QUICK, "torch_threads=2", f"out_dir={tmp_path / 'run'}"])
+    console = Console(record=True, width=200)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            P.Pipeline(cfg, console=console, progress=False).run()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2]
+    assert "torch_threads=2 but this process may use 1 CPU(s)" in console.export_text()

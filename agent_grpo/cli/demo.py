@@ -19,6 +19,7 @@ QUICK = [
     "eval.n=8", "sft.steps=4", "sft.save_every=4", "sft.env.num_train_tasks=16", "sft.env.num_eval_tasks=4",
     "grpo.steps=2", "grpo.save_every=2", "grpo.rollout.tasks_per_step=2", "grpo.rollout.group_size=2",
     "grpo.env.num_eval_tasks=2",
+    "torch_threads=1",  # a smoke run, as in the tests: one thread cannot slow down a busy machine
 ]
 
 

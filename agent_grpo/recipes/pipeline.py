@@ -18,6 +18,7 @@ each stage (greedy, one trajectory per task). Everything lands in `out_dir`:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -59,6 +60,12 @@ class PipelineConfig(BaseModel):
     sft: SFTConfig
     grpo: TrainConfig
     skip_sft: bool = Field(default=False, description="GRPO straight from `start` (an ablation)")
+    torch_threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch intra-op threads for every stage. Results depend slightly on the count (summation"
+        " order), so a config that records results names it; more threads than free cores is much slower",
+    )
 
 
 def load_pipeline_config(path: Path, overrides: list[str] = ()) -> PipelineConfig:
@@ -67,6 +74,17 @@ def load_pipeline_config(path: Path, overrides: list[str] = ()) -> PipelineConfi
     if not start.is_absolute() and not start.exists() and (Path(path).parent / start).exists():
         cfg.start = str((Path(path).parent / start).resolve())
     return cfg
+
+
+def set_torch_threads(n: int, console=None) -> None:
+    """Use `n` torch threads: a fixed count (not "all cores") keeps a run's numbers the same on any machine."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n > cpus and console is not None:
+        console.print(
+            f"[yellow]torch_threads={n} but this process may use {cpus} CPU(s): the run will be slower; its"
+            " numbers stay those of the config[/yellow]"
+        )
+    torch.set_num_threads(n)
 
 
 class Pipeline:
@@ -139,7 +157,7 @@ class Pipeline:
 
     def run(self) -> list[EvalResult]:
         cfg = self.cfg
-        torch.set_num_threads(1)  # reproducible on any CPU (DESIGN.md on threads)
+        set_torch_threads(cfg.torch_threads, self.console)
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         (cfg.out_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
         start = time.time()
