@@ -32,7 +32,7 @@ def evaluate(
     checkpoint: str = typer.Argument(
         None, help="checkpoint folder (e.g. OUT/checkpoints/step_000050/model), or 'tiny'; none with --api-base"
     ),
-    env: str = typer.Option(None, help="installed environment (default: env.name of a training config)"),
+    env: str = typer.Option(None, help="installed environment (default: the one the `default` demo trains on)"),
     set_: list[str] = typer.Option([], "--set", help="environment option key=value (repeatable), e.g. root=/data/vstar"),
     split: str = typer.Option("test", help="task split"),
     n: int = typer.Option(200, "--n", min=1, help="tasks (the first n of the split)"),
@@ -55,9 +55,9 @@ def evaluate(
         from agent_grpo.cli._env_options import parse_env_options
         from agent_grpo.cli.eval_api import run_api_eval
         from agent_grpo.envs.registry import load_envs
-        from agent_grpo.train.config import EnvConfig
+        from agent_grpo.recipes.demos import default_env_name
 
-        env, envs = env or EnvConfig().name, load_envs()
+        env, envs = env or default_env_name(), load_envs()
         options = parse_env_options(env, envs[env].factory, set_) if env in envs else {}
         return run_api_eval(api_base=api_base, api_model=api_model, api_key_env=api_key_env, env_name=env,
                             split=split, n=n, k=k, no_tools=no_tools, out=out, seed=seed, console=make_console(),
@@ -70,11 +70,11 @@ def evaluate(
     from agent_grpo.envs.registry import load_envs, make_env
     from agent_grpo.errors import ConfigError
     from agent_grpo.evaluate import category_table, evaluate_engine, results_table, write_results
-    from agent_grpo.train.config import EnvConfig
+    from agent_grpo.recipes.demos import default_env_name
 
     torch.set_num_threads(1)
     console = make_console()
-    env = env or EnvConfig().name
+    env = env or default_env_name()
     # Every input is checked before the model loads; a bad one is a message (cli/main.py), not a traceback.
     if checkpoint != "tiny":
         folder = checkpoint_folder(checkpoint)

@@ -39,9 +39,9 @@ def run_api_eval(
     from agent_grpo.cli._config import check_out_dir
     from agent_grpo.envs.registry import make_env
     from agent_grpo.evaluate import category_table, results_table, write_results
-    from agent_grpo.train.config import EnvConfig
+    from agent_grpo.recipes.demos import default_env_name
 
-    env_name = env_name or EnvConfig().name
+    env_name = env_name or default_env_name()
     config = ChatAPIConfig(base_url=api_base, model=api_model, api_key_env=api_key_env)
     config.api_key()  # a missing key variable is a message now, not one error per trajectory
     if out is not None:

@@ -27,7 +27,7 @@ __all__ = ["MARKER", "rollouts"]
 
 def rollouts(
     out: Path = typer.Option(Path("runs/rollouts"), "--out", help="run directory (an earlier rollouts run there is replaced)"),
-    env_name: str = typer.Option(None, "--env", help="installed environment (default: env.name of a training config)"),
+    env_name: str = typer.Option(None, "--env", help="installed environment (default: the one the `default` demo trains on)"),
     split: str = typer.Option("test", help="task split"),
     policy: str = typer.Option("scripted", help="'scripted' (the env's noisy scripted policy) or 'tiny' (random tiny Qwen2.5-VL)"),
     n: int = typer.Option(8, "--n", min=1, help="tasks"),
@@ -42,12 +42,12 @@ def rollouts(
     from agent_grpo.envs.registry import make_env
     from agent_grpo.models.chat import ChatFormat
     from agent_grpo.models.tiny import build_tiny_model
+    from agent_grpo.recipes.demos import default_env_name
     from agent_grpo.replay.html import write_report
     from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams, ScriptedEngine
     from agent_grpo.store import RunMeta, RunStore
     from agent_grpo.store.record import correctness
     from agent_grpo.train.advantages import group_advantages
-    from agent_grpo.train.config import EnvConfig
     from agent_grpo.train.sft_data import scripted_policy
 
     if policy not in ("scripted", "tiny"):
@@ -55,7 +55,7 @@ def rollouts(
     check_replaceable(out)  # before any work: a refused --out costs nothing
     console = make_console()
     torch.set_num_threads(1)
-    env_name = env_name or EnvConfig().name
+    env_name = env_name or default_env_name()
     env = make_env(env_name)  # an unknown name is a PluginError: a message (cli/main.py)
     try:
         if split not in env.splits:

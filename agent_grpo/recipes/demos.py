@@ -5,7 +5,8 @@ An environment package that wants `agent-grpo demo --demo NAME` to run its pipel
     [project.entry-points."agent_grpo.demos"]
     NAME = "my_package:DEMO_YAML"      # a path to a PipelineConfig YAML, or a callable returning one
 
-The entry point named `default` is the README's main job. The framework itself names no demo.
+The entry point named `default` is the README's main job, and the environment it trains on is the one a config or
+command that names none gets (`default_env_name`). The framework itself names no demo and no environment.
 """
 
 from __future__ import annotations
@@ -35,3 +36,21 @@ def demo_config(name: str = DEFAULT) -> Path:
     if not isinstance(value, (str, Path)) or not Path(value).is_file():
         raise PluginError(f"demo {name!r} ({eps[name].value}) does not name a pipeline YAML file: {value!r}")
     return Path(value)
+
+
+def default_env_name() -> str:
+    """The environment the installed `default` demo trains on (its `grpo.env.name`): what `env.name` and `--env`
+    mean when they are not given."""
+    import yaml
+
+    try:
+        path = demo_config(DEFAULT)
+    except PluginError as e:
+        raise PluginError(f"no environment is named and none is the default ({e}): set env.name or give --env") from None
+    try:
+        name = yaml.safe_load(path.read_text())["grpo"]["env"]["name"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise PluginError(f"the default demo's {path} names no grpo.env.name ({type(e).__name__}: {e})") from None
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"the default demo's {path}: grpo.env.name must be an environment name, not {name!r}")
+    return name

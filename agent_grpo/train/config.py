@@ -92,8 +92,18 @@ class ModelConfig(_Strict):
         return self
 
 
+def _default_env_name() -> str:
+    """The plugins' choice, not the framework's: the framework names no environment."""
+    from agent_grpo.recipes.demos import default_env_name
+
+    return default_env_name()
+
+
 class EnvConfig(_Strict):
-    name: str = Field(default="visual-search", description="an installed environment, see `agent-grpo envs list`")
+    name: str = Field(
+        default_factory=_default_env_name,
+        description="an installed environment (`agent-grpo envs list`); unset: the one the `default` demo trains on",
+    )
     train_split: str = "train"
     eval_split: str = "test"
     num_train_tasks: int | None = Field(default=None, description="None: as many as the split has / steps need")
