@@ -43,9 +43,11 @@ def test_setup_prints_a_line_per_phase(stubs):
     out = run_setup(venv, bin_dir)
     assert out.returncode == 0, out.stderr
     phases = [line for line in out.stdout.splitlines() if line.startswith("[setup")]
-    assert len(phases) == 4 and "using the virtual environment" in phases[0]
-    assert "installing torch==2.13.0" in phases[1] and "installing agent-grpo" in phases[2] and phases[3].endswith("done")
-    assert calls.read_text().count("-m pip install") == 2
+    assert len(phases) == 5 and "using the virtual environment" in phases[0]
+    assert "installing torch==2.13.0" in phases[1] and "installing agent-grpo" in phases[2]
+    assert "compiling bytecode" in phases[3] and phases[4].endswith("done")
+    pip, compileall = calls.read_text().count("-m pip install --no-compile"), calls.read_text().splitlines()[-1]
+    assert pip == 2 and compileall.startswith("-m compileall -q -j 0 ") and compileall.endswith(" envs/agent_grpo_envs")
 
 
 def test_a_failed_chromium_install_is_reported_and_recorded_for_the_skip_reason(stubs):

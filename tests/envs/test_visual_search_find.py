@@ -91,3 +91,18 @@ def test_init_must_be_a_stage_one_checkpoint_of_the_same_seed(tmp_path):
     with pytest.raises(ValueError, match="not a stage-1 checkpoint"):
         P.pretrain(tmp_path / "y", steps=1, locate_steps=1, init=both, progress=False, final_eval=1)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
+
+
+def test_the_held_out_scenes_are_pinned_to_the_pixel():
+    """BENCHMARKS.md's numbers were measured on exactly these pixels. A change to the generator (or a Pillow that
+    draws differently) that moves one pixel fails here: the recorded results would no longer be comparable."""
+    pinned = {
+        "boxed": (VisualSearchConfig(), ["63f7fe3bdc2a15d1", "36595b94dc58f501", "280445b470c3484d"]),
+        "find": (VisualSearchConfig(**P.FIND_SCENES), ["95c2f18cecf7bee5", "12d65304745d8bc4", "540dbeece62957fe"]),
+    }
+    for name, (config, digests) in pinned.items():
+        env = VisualSearchEnv(config=config)
+        try:
+            assert [t.images[0].sha256[:16] for t in env.load_tasks("test", 3)] == digests, name
+        finally:
+            env.shutdown()
