@@ -77,6 +77,7 @@ def sft_update(
         correct += _correct_tokens(out, batch)
     params = [p for group in optimizer.param_groups for p in group["params"]]  # fp32 masters if any
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    lr = float(optimizer.param_groups[0]["lr"])  # the rate this step trains at, not the next step's
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -86,7 +87,7 @@ def sft_update(
     tokens = sum(b.num_tokens for b in batches)
     return {
         "loss": total_loss, "token_accuracy": correct / max(trained, 1.0), "grad_norm": float(grad_norm),
-        "lr": float(optimizer.param_groups[0]["lr"]), "micro_batches": float(len(batches)),
+        "lr": lr, "micro_batches": float(len(batches)),
         "trained_tokens": trained, "tokens": float(tokens),
         "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained / seconds,
         "padding_share": padding_share(batches),

@@ -204,6 +204,7 @@ def grpo_update(
             grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        stepped_lr = float(optimizer.param_groups[0]["lr"])  # the rate this pass trained at, not the next one's
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -213,7 +214,7 @@ def grpo_update(
     passes = loss_cfg.num_iterations
     out = {k: v / (passes if k in ("loss", "tokens") else count) for k, v in sums.items()}
     out["grad_norm"] = float(grad_norm)
-    out["lr"] = float(optimizer.param_groups[0]["lr"])
+    out["lr"] = stepped_lr
     out["micro_batches"] = float(real)
     out["train_tokens"] = float(sum(int(b.attention_mask.sum()) for b in batches[:real]))
     out["padding_share"] = padding_share(batches[:real])  # of the model's input slots, 0 when packed

@@ -67,8 +67,12 @@ def test_grpo_update_with_two_passes_follows_the_schedule():
     scheduler = lr_scheduler(optimizer, cfg)
     lrs = []
     optimizer.register_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    logged = []
     for _ in range(cfg.steps):
-        grpo_update(model, optimizer, scheduler, trajs, chat, env.budget, cfg.loss, temperature=1.0,
-                    micro_batch_tokens=4096, max_grad_norm=1.0, max_completion_length=32)
+        m = grpo_update(model, optimizer, scheduler, trajs, chat, env.budget, cfg.loss, temperature=1.0,
+                        micro_batch_tokens=4096, max_grad_norm=1.0, max_completion_length=32)
+        logged.append(m["lr"])
     # steps 0..3 at 1e-3 x [0.5, 1, 1, 0.5], each for both of its passes (was: [.5, 1, 1, .5, 0, 0, 0, 0]).
     assert lrs == pytest.approx([1e-3 * f for f in (0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5)])
+    # the metric is the rate the step trained at (was the next step's: [1, 1, 0.5, 0])
+    assert logged == pytest.approx([1e-3 * f for f in (0.5, 1.0, 1.0, 0.5)])

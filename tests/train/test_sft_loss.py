@@ -94,3 +94,17 @@ def test_micro_batches_do_not_change_the_step(setting):
     assert a["trained_tokens"] == sum(len(s.token_ids) for t in trajs for s in t.segments if s.kind == "sampled")
     for p, q in zip(whole.parameters(), split.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_the_logged_lr_is_the_rate_the_step_trained_at(setting):
+    """With a warm-up the rate changes every step; the metric was the next step's (0.2, 0.3 for 0.1, 0.2)."""
+    model, chat, env, trajs = setting
+    m = copy.deepcopy(model)
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.1 * (k + 1))
+    stepped = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: stepped.append(o.param_groups[0]["lr"]))
+    logged = [sft_update(m, opt, scheduler, trajs[:1], chat, env.budget, micro_batch_tokens=100_000,
+                         max_grad_norm=1.0)["lr"] for _ in range(2)]
+    assert stepped == pytest.approx([0.1, 0.2])
+    assert logged == pytest.approx(stepped)
