@@ -120,7 +120,7 @@ def test_the_thread_count_is_the_configs_and_the_main_job_names_the_one_its_resu
     from agent_grpo.recipes import pipeline as P
     from agent_grpo.recipes.demos import demo_config
 
-    assert load_pipeline_config(demo_config()).torch_threads == 2  # BENCHMARKS.md "Finding the square"
+    assert load_pipeline_config(demo_config()).torch_threads == 2  # BENCHMARKS.md "The main job as shipped"
     assert load_pipeline_config(demo_config("visual-search-boxed")).torch_threads == 1  # its results: 1 thread
     assert load_pipeline_config(demo_config(), QUICK).torch_threads == 1  # a smoke run, as tests are
     with pytest.raises(ConfigError, match="torch_threads"):
