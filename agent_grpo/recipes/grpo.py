@@ -59,7 +59,7 @@ from agent_grpo.recipes.prefetch import (
 )
 from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver
 from agent_grpo.store import ImagePolicy, RunMeta, RunStore
-from agent_grpo.train.advantages import group_advantages, select_groups
+from agent_grpo.train.advantages import scored_advantages, select_groups
 from agent_grpo.train.checkpoint import (
     full_optimizer_state_dict,
     load_training_state,
@@ -392,8 +392,8 @@ class GRPORecipe:
             info["refill_groups"] = float(len(sampled) - len(trajs) // G)
         all_sampled = [t for g in sampled for t in g]
         kept = [t for g in groups for t in g]
-        adv = group_advantages([t.reward for t in kept], [t.group_id for t in kept], scale=cfg.loss.scale_rewards)
-        for t, a in zip(kept, adv.tolist(), strict=True):
+        adv = scored_advantages(kept, [t.group_id for t in kept], scale=cfg.loss.scale_rewards)
+        for t, a in zip(kept, adv, strict=True):
             t.advantage = a
         return all_sampled, kept, info
 

@@ -16,7 +16,8 @@ A component that cannot score one trajectory (an LLM judge timed out or answered
 `RewardError` for it (a group component puts a `RewardError` in its list instead): that trajectory gets
 the component's `on_error` value (0 by default), the message in `traj.reward_errors[name]` and their
 count in `traj.metrics["reward_errors"]` (set only where there is one); the rest of the group and the run
-go on. Any other exception is a bug and propagates.
+go on. GRPO gives such a trajectory advantage 0, outside its group's statistics (`train/advantages.py`).
+Any other exception is a bug and propagates.
 """
 
 from __future__ import annotations

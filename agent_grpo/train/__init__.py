@@ -5,6 +5,7 @@ from agent_grpo.train.advantages import (
     dynamic_sampling,
     group_advantages,
     group_index,
+    scored_advantages,
     select_groups,
     zero_variance_groups,
 )
@@ -18,5 +19,6 @@ from agent_grpo.train.loss import (
 
 __all__ = [
     "GroupSelection", "aggregate_loss", "dynamic_sampling", "group_advantages", "group_index", "grpo_loss",
-    "importance_weights", "mask_truncated_rows", "per_token_loss", "select_groups", "zero_variance_groups",
+    "importance_weights", "mask_truncated_rows", "per_token_loss", "scored_advantages", "select_groups",
+    "zero_variance_groups",
 ]

@@ -14,6 +14,10 @@ by std alone; the eps keeps zero-variance groups at advantage 0 instead of 0/0.
 
 Dynamic sampling (DAPO): a group whose rewards are all equal has advantage 0 everywhere and gives
 no gradient, so it is dropped and the trainer samples more groups to refill the batch.
+
+A trajectory whose reward could not be computed (`reward_errors`: a judge timed out) has an unknown reward, not
+its component's `on_error` value: it gets advantage 0 and moves neither its group's mean nor std
+(`scored_advantages`), and it does not make a group informative.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ Scale = Literal["group", "batch", "none"]
 
 
 class _Rewarded(Protocol):
-    reward: float
+    reward: float  # and optionally `reward_errors` (a Trajectory's): a non-empty one means the reward is unknown
+
+
+def _unscored(t: _Rewarded) -> bool:
+    return bool(getattr(t, "reward_errors", None))
 
 
 R = TypeVar("R", bound=_Rewarded)
@@ -101,8 +109,18 @@ def zero_variance_groups(
     return flat
 
 
+def scored_advantages(trajs: Sequence[_Rewarded], groups: Sequence[str], scale: Scale = "group") -> list[float]:
+    """`group_advantages` of the trajectories whose reward was computed; one with `reward_errors` gets 0."""
+    scored = [i for i, t in enumerate(trajs) if not _unscored(t)]
+    adv = group_advantages([trajs[i].reward for i in scored], [groups[i] for i in scored], scale=scale).tolist()
+    out = [0.0] * len(trajs)
+    for i, a in zip(scored, adv, strict=True):
+        out[i] = a
+    return out
+
+
 def _informative(group: Sequence[_Rewarded], atol: float) -> bool:
-    rewards = [t.reward for t in group]
+    rewards = [t.reward for t in group if not _unscored(t)]  # an unknown reward tells nothing
     return len(rewards) > 1 and max(rewards) - min(rewards) > atol
 
 

@@ -12,6 +12,7 @@ from agent_grpo.train import (
     dynamic_sampling,
     group_advantages,
     group_index,
+    scored_advantages,
     select_groups,
     zero_variance_groups,
 )
@@ -88,6 +89,22 @@ def test_dynamic_sampling_drops_flat_groups():
     kept, dropped = dynamic_sampling(groups)
     assert dropped == 3
     assert [[t.reward for t in g] for g in kept] == [[1, 0], [0.2, 0.7]]
+
+
+def test_a_reward_that_failed_is_unknown_not_zero():
+    """A judge timed out on the third member (scored 0 by `on_error`): it gets advantage 0, the others' advantages
+    are those of the group without it, and a group flat but for it is not informative."""
+    failed = {"accuracy": "judge timed out"}
+    trajs = [SimpleNamespace(reward=r, reward_errors=e) for r, e in ((1.0, {}), (0.5, {}), (0.0, failed), (0.5, {}))]
+    trajs += [SimpleNamespace(reward=r, reward_errors={}) for r in (0.2, 0.4)]
+    ids = ["a", "a", "a", "a", "b", "b"]
+    adv = scored_advantages(trajs, ids)
+    expected = group_advantages([1.0, 0.5, 0.5, 0.2, 0.4], ["a", "a", "a", "b", "b"]).tolist()
+    assert adv == pytest.approx([*expected[:2], 0.0, *expected[2:]])
+    assert adv[:4] != pytest.approx(group_advantages([1.0, 0.5, 0.0, 0.5], 4).tolist())  # what it was
+    flat_but_failed = [SimpleNamespace(reward=r, reward_errors=e) for r, e in ((1.0, {}), (0.0, failed), (1.0, {}))]
+    assert dynamic_sampling([flat_but_failed, trajs[:4]]) == ([trajs[:4]], 1)
+    assert scored_advantages([trajs[2]], ["a"]) == [0.0]  # nothing scored: no gradient, no error
 
 
 def test_select_groups_reports_how_many_more_are_needed():
