@@ -31,6 +31,16 @@ class ParsedTurn(BaseModel):
         return not self.problems
 
 
+def _outside_calls(text: str) -> str:
+    """`text` without its closed `<tool_call>...</tool_call>` blocks (one pass: linear)."""
+    parts, pos = [], 0
+    while (start := text.find("<tool_call>", pos)) >= 0 and (close := text.find("</tool_call>", start)) >= 0:
+        parts.append(text[pos:start])
+        pos = close + len("</tool_call>")
+    parts.append(text[pos:])
+    return " ".join(parts)
+
+
 def _blocks(text: str, open_tag: str, close_tag: str, stop_at_open: bool = False) -> list[tuple[str, bool]]:
     """Non-overlapping `open_tag ... close_tag` blocks, left to right: (body, closed) pairs. One pass, linear.
 
@@ -115,10 +125,11 @@ def parse_turn(text: str, call_id_prefix: str = "call") -> ParsedTurn:
         if call.parse_error:
             out.problems.append(f"tool call {k}: {call.parse_error}")
 
-    answers = [b for b, _ in _blocks(after_think, "<answer>", "</answer>")]
+    outside = _outside_calls(after_think)  # a call's JSON may hold the text "<answer>" (a key, a label)
+    answers = [b for b, _ in _blocks(outside, "<answer>", "</answer>")]
     if answers:
         out.answer = answers[-1].strip()
-        if "</answer>" not in after_think:
+        if "</answer>" not in outside:
             out.problems.append("unterminated <answer>")
         if len(answers) > 1:
             out.problems.append("more than one <answer>")

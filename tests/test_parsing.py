@@ -117,6 +117,15 @@ def test_repeated_blocks():
     assert out.problems == ["more than one <think> block", "more than one <answer>"]
 
 
+def test_answer_tags_inside_a_call_s_json_are_arguments_not_an_answer():
+    """Found by hypothesis: the key "<answer>" in a call's arguments made the turn 'unterminated <answer>'."""
+    out = parse_turn('<think>x</think><tool_call>{"name": "zoom_in", "arguments": {"<answer>": "</answer> 7"}}</tool_call>')
+    assert out.problems == [] and out.answer is None
+    assert out.tool_calls[0].arguments == {"<answer>": "</answer> 7"}
+    both = parse_turn('<think>x</think><tool_call>{"name": "a", "arguments": {"k": "<answer>"}}</tool_call><answer>3</answer>')
+    assert both.answer == "3" and "unterminated <answer>" not in both.problems  # the real answer is still seen
+
+
 def test_tool_call_inside_think_is_not_a_call():
     out = parse_turn(f"<think>maybe <tool_call>{ZOOM}</tool_call>?</think><answer>3</answer>")
     assert out.tool_calls == [] and out.answer == "3" and out.format_ok
