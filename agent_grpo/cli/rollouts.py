@@ -47,7 +47,7 @@ def rollouts(
     from agent_grpo.rollout import HFEngine, RolloutConfig, RolloutDriver, SamplingParams, ScriptedEngine
     from agent_grpo.store import RunMeta, RunStore
     from agent_grpo.store.record import correctness
-    from agent_grpo.train.advantages import group_advantages
+    from agent_grpo.train.advantages import scored_advantages
     from agent_grpo.train.sft_data import scripted_policy
 
     if policy not in ("scripted", "tiny"):
@@ -88,8 +88,8 @@ def rollouts(
         # Not a training step: stored with step None.
         trajs = RolloutDriver(env, engine, chat, config).rollout(tasks, step=None, seed=seed, tag="")
         # The advantages GRPO would train on (shown in the report); nothing is trained here.
-        advantages = group_advantages([t.reward for t in trajs], [t.group_id for t in trajs], scale="group")
-        for t, a in zip(trajs, advantages.tolist(), strict=True):
+        advantages = scored_advantages(trajs, [t.group_id for t in trajs], scale="group")
+        for t, a in zip(trajs, advantages, strict=True):
             t.advantage = a
 
         replace(out, "rollouts")  # checked again: something may have appeared there meanwhile
